@@ -1,0 +1,141 @@
+//! Device, stream, memory and module loading.
+
+use std::sync::{Arc, OnceLock};
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
+};
+use cudarc::nvrtc::Ptx;
+
+use crate::error::{Error, Result};
+use crate::mask::Mask;
+use crate::tiles::{TileClass, TileShape};
+
+/// Every kernel of csrc/, compiled by build.rs: SASS for sm_80 and sm_90a, PTX for
+/// compute_80 (the driver JITs it on newer GPUs).
+static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/maskattn.fatbin"));
+
+#[cfg(target_os = "windows")]
+const DRIVER_LIBS: &[&str] = &["nvcuda.dll"];
+#[cfg(not(target_os = "windows"))]
+const DRIVER_LIBS: &[&str] = &["libcuda.so.1", "libcuda.so"];
+
+/// Checks that the CUDA driver library can be loaded. cudarc panics on its first
+/// call when it cannot, so every entry point of this module asks here first.
+pub fn driver_available() -> Result<()> {
+    static PROBE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            let mut why = Vec::new();
+            for name in DRIVER_LIBS {
+                // SAFETY: loading the driver runs its initializers, the same thing
+                // cudarc does next; the handle is dropped at once.
+                match unsafe { libloading::Library::new(name) } {
+                    Ok(_) => return Ok(()),
+                    Err(e) => why.push(format!("{name}: {e}")),
+                }
+            }
+            Err(why.join("; "))
+        })
+        .clone()
+        .map_err(Error::NoDriver)
+}
+
+/// A CUDA device with a stream and maskattn's kernels loaded: the handle every GPU
+/// call of the crate takes.
+///
+/// ```no_run
+/// let gpu = maskattn::cuda::Gpu::new(0)?;
+/// println!("{} (sm_{}{})", gpu.name()?, gpu.compute_capability()?.0, gpu.compute_capability()?.1);
+/// let x = gpu.upload(&[1.0f32, 2.0, 3.0])?;
+/// assert_eq!(gpu.download(&x)?, vec![1.0, 2.0, 3.0]);
+/// # Ok::<(), maskattn::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Gpu {
+    stream: Arc<CudaStream>,
+    module: Arc<CudaModule>,
+}
+
+impl Gpu {
+    /// Opens device `ordinal` with a new stream.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        driver_available()?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| Error::NoDevice(format!("device {ordinal}: {e}")))?;
+        let stream = ctx.new_stream()?;
+        Self::with_stream(stream)
+    }
+
+    /// Works on an existing stream (and its context), e.g. the one of a candle
+    /// device, so that maskattn's kernels are ordered with the caller's work.
+    pub fn with_stream(stream: Arc<CudaStream>) -> Result<Self> {
+        driver_available()?;
+        let module = stream.context().load_module(Ptx::from_binary(FATBIN.to_vec()))?;
+        Ok(Self { stream, module })
+    }
+
+    /// The stream every launch and copy of this handle goes to.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The device name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn name(&self) -> Result<String> {
+        Ok(self.stream.context().name()?)
+    }
+
+    /// (major, minor) compute capability.
+    pub fn compute_capability(&self) -> Result<(i32, i32)> {
+        Ok(self.stream.context().compute_capability()?)
+    }
+
+    /// Copies a host slice to a new device buffer.
+    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        Ok(self.stream.clone_htod(host)?)
+    }
+
+    /// Copies a device buffer to the host, after the stream's pending work.
+    pub fn download<T: DeviceRepr>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>> {
+        let host = self.stream.clone_dtoh(dev)?;
+        self.stream.synchronize()?;
+        Ok(host)
+    }
+
+    /// A zero-filled device buffer of `len` elements.
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
+        Ok(self.stream.alloc_zeros(len)?)
+    }
+
+    /// Waits for the stream's work.
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.stream.synchronize()?)
+    }
+
+    /// A kernel of the embedded fatbin by its `extern "C"` name.
+    pub(crate) fn function(&self, name: &str) -> Result<CudaFunction> {
+        self.module.load_function(name).map_err(|e| Error::Cuda(format!("kernel {name}: {e}")))
+    }
+
+    /// The class of every (query tile, key tile) pair, row-major `[query tile][key
+    /// tile]`, computed on the device by the kernels' own classification code. Equal
+    /// to [`crate::tiles::tile_classes`] (tests/gpu_smoke.rs checks it).
+    pub fn tile_classes(&self, mask: &Mask, shape: TileShape) -> Result<Vec<TileClass>> {
+        let (qt, kt) = (mask.len_q().div_ceil(shape.block_m()), mask.len_k().div_ceil(shape.block_n()));
+        if qt > i32::MAX as usize {
+            return Err(Error::Unsupported(format!("{qt} query tiles exceed the grid")));
+        }
+        let intervals = self.upload(mask.as_flat())?;
+        let mut classes = self.zeros::<i32>(qt * kt)?;
+        let f = self.function("maskattn_tile_classes")?;
+        let (lq, lk, bm, bn) =
+            (mask.len_q() as i32, mask.len_k() as i32, shape.block_m() as i32, shape.block_n() as i32);
+        let mut launch = self.stream.launch_builder(&f);
+        launch.arg(&intervals).arg(&lq).arg(&lk).arg(&bm).arg(&bn).arg(&mut classes);
+        let cfg = LaunchConfig { grid_dim: (qt as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: the arguments match the kernel's signature; `classes` holds
+        // qt * kt ints, and the kernel writes [qt][kt] only.
+        unsafe { launch.launch(cfg) }?;
+        Ok(self.download(&classes)?.into_iter().map(TileClass::from_raw).collect())
+    }
+}

@@ -1,0 +1,24 @@
+//! The GPU side: the CUDA driver (through cudarc), the embedded kernels and their
+//! safe wrappers.
+//!
+//! Everything here returns errors as values. A machine without the NVIDIA driver
+//! gets [`Error::NoDriver`](crate::Error::NoDriver) from [`Gpu::new`] (cudarc itself
+//! would panic: the library is probed first), a driver without a device gets
+//! [`Error::NoDevice`](crate::Error::NoDevice).
+//!
+//! cudarc is re-exported so that callers use the very types maskattn takes
+//! ([`cudarc::driver::CudaSlice`], [`cudarc::driver::CudaStream`]); candle uses the
+//! same cudarc line, so its device buffers pass through without copies.
+
+mod device;
+mod ptxas;
+
+pub use cudarc;
+pub use device::{driver_available, Gpu};
+pub use ptxas::{kernel_resources, KernelResources, PTXAS_REPORT};
+
+impl From<cudarc::driver::DriverError> for crate::Error {
+    fn from(e: cudarc::driver::DriverError) -> Self {
+        crate::Error::Cuda(e.to_string())
+    }
+}

@@ -1,0 +1,18 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod emulator;
+mod error;
+#[allow(missing_docs, non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code)]
+mod ffi;
+pub mod mask;
+pub mod reference;
+mod shape;
+pub mod tiles;
+
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
+pub use error::{Error, Result};
+pub use mask::{Mask, MaskKind, Segment, VideoLayout};
+pub use shape::{AttnShape, DType, Element};

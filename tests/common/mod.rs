@@ -1,0 +1,86 @@
+//! Shared test helpers: proptest settings, random masks and tensors, the GPU gate.
+#![allow(dead_code)]
+
+use maskattn::{Mask, Segment, VideoLayout};
+use ndarray::Array4;
+use proptest::prelude::*;
+
+/// Proptest settings: `cases` by default (>= 256), `MASKATTN_PROPTEST_CASES` overrides.
+pub fn config(cases: u32) -> ProptestConfig {
+    let cases = std::env::var("MASKATTN_PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(cases);
+    ProptestConfig { cases, max_shrink_iters: 256, ..ProptestConfig::default() }
+}
+
+/// A layout of 1..=4 segments: text runs (possibly empty) and frame runs.
+pub fn arb_layout(max_frames: usize, max_tokens: usize) -> impl Strategy<Value = VideoLayout> {
+    let seg = prop_oneof![
+        (0usize..24).prop_map(Segment::Text),
+        (1..=max_frames, 1..=max_tokens).prop_map(|(frames, tokens)| Segment::Frames { frames, tokens }),
+    ];
+    prop::collection::vec(seg, 1..=4).prop_filter_map("empty layout", |s| VideoLayout::new(s).ok())
+}
+
+/// Random valid user intervals for `len_q` rows over `len_k` keys.
+pub fn arb_intervals(len_q: usize, len_k: usize) -> impl Strategy<Value = Vec<[i32; 4]>> {
+    let k = len_k as i32;
+    prop::collection::vec(
+        prop::array::uniform4(0..=k).prop_map(|mut v| {
+            v.sort();
+            // Some rows with one or both intervals empty.
+            match v[0] % 5 {
+                0 => [0, 0, 0, 0],
+                1 => [v[0], v[1], v[3], v[3]],
+                _ => v,
+            }
+        }),
+        len_q,
+    )
+}
+
+/// Any mask of the crate, at most about `max_len` rows and keys.
+pub fn arb_mask(max_len: usize) -> impl Strategy<Value = Mask> {
+    let small = max_len.max(8);
+    prop_oneof![
+        (1..=small, 1..=small).prop_map(|(q, k)| Mask::causal(q, k).unwrap()),
+        (1..=small, 1..=small).prop_map(|(q, k)| Mask::full(q, k).unwrap()),
+        arb_layout(4, small / 8).prop_filter_map("too many intervals", |l| Mask::frame_block_causal(&l).ok()),
+        arb_layout(4, small / 8).prop_filter_map("too many intervals", |l| Mask::full_visual(&l).ok()),
+        arb_layout(4, small / 8).prop_filter_map("too many intervals", |l| Mask::frame_block(&l).ok()),
+        (1..=small, 1..=6usize, 1..=small / 4).prop_map(|(nq, t, n)| Mask::causal_cross(nq, t, n).unwrap()),
+        (1..=6usize, 1..=small / 8, 1..=small / 6).prop_map(|(t, p, n)| Mask::cross_frame_local(t, p, n).unwrap()),
+        (1..=small, 1..=small, 1..=small / 2, 0..=8usize)
+            .prop_map(|(q, k, w, s)| Mask::sliding_window(q, k, w, s).unwrap()),
+        (prop::collection::vec(1..=small / 3, 1..5), any::<bool>()).prop_map(|(d, c)| Mask::document(&d, c).unwrap()),
+        (1..=small, 1..=small)
+            .prop_flat_map(|(q, k)| arb_intervals(q, k).prop_map(move |iv| Mask::from_intervals(k, iv).unwrap())),
+    ]
+}
+
+/// Deterministic pseudo-random values in [-1, 1) (splitmix64), so tests need no rand crate.
+pub fn random_array(shape: (usize, usize, usize, usize), seed: u64) -> Array4<f64> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+    Array4::from_shape_simple_fn(shape, || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    })
+}
+
+/// The GPU for a GPU test: `None` (with a message) when there is none, unless
+/// `MASKATTN_REQUIRE_GPU=1`, which turns the absence into a failure.
+#[cfg(feature = "cuda")]
+pub fn gpu() -> Option<maskattn::cuda::Gpu> {
+    match maskattn::cuda::Gpu::new(0) {
+        Ok(g) => Some(g),
+        Err(e) if std::env::var("MASKATTN_REQUIRE_GPU").as_deref() == Ok("1") => {
+            panic!("MASKATTN_REQUIRE_GPU=1 but no GPU is usable: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping GPU test (set MASKATTN_REQUIRE_GPU=1 to make this a failure): {e}");
+            None
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The CPU emulator of the forward kernel's schedule equals the f64 reference:
+//! random masks, shapes that are not tile multiples (576 and 729 tokens per frame),
+//! GQA, rows that see no key.
+
+mod common;
+
+use common::{arb_mask, config, random_array};
+use maskattn::tiles::TileShape;
+use maskattn::{emulator, reference, Mask, VideoLayout};
+use proptest::prelude::*;
+
+/// |a - b| <= 1e-10 * (1 + |b|) everywhere, and -inf LSE exactly where the
+/// reference has it: both run in f64 and differ only in summation order.
+fn assert_same(
+    mask: &Mask,
+    b: usize,
+    hq: usize,
+    hkv: usize,
+    d: usize,
+    seed: u64,
+    tile: TileShape,
+) -> Result<(), TestCaseError> {
+    let q = random_array((b, mask.len_q(), hq, d), seed);
+    let k = random_array((b, mask.len_k(), hkv, d), seed + 1) * 2.0;
+    let v = random_array((b, mask.len_k(), hkv, d), seed + 2);
+    let want = reference::attention(q.view(), k.view(), v.view(), mask, None).unwrap();
+    let (got, sched) = emulator::forward(q.view(), k.view(), v.view(), mask, None, tile).unwrap();
+    for (g, w) in got.out.iter().zip(want.out.iter()) {
+        prop_assert!((g - w).abs() <= 1e-10 * (1.0 + w.abs()), "out {} vs {}", g, w);
+    }
+    for (g, w) in got.lse.iter().zip(want.lse.iter()) {
+        if *w == f64::NEG_INFINITY {
+            prop_assert_eq!(*g, f64::NEG_INFINITY);
+        } else {
+            prop_assert!((g - w).abs() <= 1e-10 * (1.0 + w.abs()), "lse {} vs {}", g, w);
+        }
+    }
+    prop_assert!(got.out.iter().all(|x| x.is_finite()));
+    let stats = maskattn::tiles::TileStats::of(mask, tile);
+    prop_assert_eq!((sched.full, sched.partial), (stats.full * b * hq, stats.partial * b * hq));
+    Ok(())
+}
+
+fn heads() -> impl Strategy<Value = (usize, usize)> {
+    prop_oneof![Just((1, 1)), Just((2, 1)), Just((4, 2)), Just((3, 3))]
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    #[test]
+    fn emulator_equals_reference(
+        mask in arb_mask(120), b in 1usize..3, (hq, hkv) in heads(), d in 1usize..9,
+        bm in prop::sample::select(vec![16usize, 32, 64, 128]), bn in prop::sample::select(vec![16usize, 32, 64, 128]),
+        seed in any::<u32>(),
+    ) {
+        assert_same(&mask, b, hq, hkv, d, seed as u64, TileShape::new(bm, bn).unwrap())?;
+    }
+
+    #[test]
+    fn emulator_equals_reference_at_video_shapes(
+        tokens in prop::sample::select(vec![576usize, 729]), frames in 1usize..3, text in 0usize..70,
+        kind in 0usize..4, seed in any::<u32>(),
+    ) {
+        let layout: VideoLayout = format!("text:{text},frames:{frames}x{tokens},text:{}", text / 2 + 1).parse().unwrap();
+        let mask = match kind {
+            0 => Mask::frame_block_causal(&layout).unwrap(),
+            1 => Mask::frame_block(&layout).unwrap(),
+            2 => Mask::causal_cross(96, frames + 1, tokens).unwrap(),
+            _ => Mask::sliding_window(layout.len(), layout.len(), 300, 4).unwrap(),
+        };
+        assert_same(&mask, 1, 2, 1, 4, seed as u64, TileShape::new(128, 64).unwrap())?;
+    }
+}
+
+#[test]
+fn rows_without_keys_give_zero_and_minus_infinity() {
+    // Lq > Lk causal: the first 3 rows see nothing.
+    let mask = Mask::causal(7, 4).unwrap();
+    let q = random_array((1, 7, 1, 4), 1);
+    let k = random_array((1, 4, 1, 4), 2);
+    let (got, _) = emulator::forward(q.view(), k.view(), k.view(), &mask, None, TileShape::new(4, 2).unwrap()).unwrap();
+    for r in 0..3 {
+        assert_eq!(got.lse[[0, 0, r]], f64::NEG_INFINITY);
+        assert!(got.out.slice(ndarray::s![0, r, 0, ..]).iter().all(|&x| x == 0.0));
+    }
+    assert!(got.lse[[0, 0, 3]].is_finite());
+}
+
+#[test]
+fn shape_mismatches_are_errors() {
+    let mask = Mask::causal(5, 5).unwrap();
+    let x = random_array((1, 5, 2, 4), 0);
+    let tile = TileShape::new(4, 4).unwrap();
+    let short = random_array((1, 4, 2, 4), 0);
+    assert!(emulator::forward(x.view(), short.view(), short.view(), &mask, None, tile).is_err());
+    let gqa_bad = random_array((1, 5, 3, 4), 0);
+    assert!(reference::attention(x.view(), gqa_bad.view(), gqa_bad.view(), &mask, None).is_err());
+    assert!(reference::attention(x.view(), x.view(), x.view(), &mask, Some(f64::NAN)).is_err());
+}

@@ -1,0 +1,59 @@
+//! The CUDA runtime layer: no-driver handling on any machine; on a GPU, copies and
+//! the tile classification kernel (the kernels' mask header, run on the device)
+//! against the host build of the same header.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use maskattn::cuda::{driver_available, Gpu};
+use maskattn::tiles::{self, TileShape};
+use maskattn::{Error, Mask, VideoLayout};
+
+#[test]
+fn a_machine_without_driver_gets_an_error_not_a_panic() {
+    if driver_available().is_err() {
+        assert!(matches!(Gpu::new(0), Err(Error::NoDriver(_))));
+        assert!(matches!(Gpu::new(7), Err(Error::NoDriver(_))));
+    } else {
+        // With a driver, a device ordinal that cannot exist is an error value.
+        assert!(matches!(Gpu::new(1 << 20), Err(Error::NoDevice(_))));
+    }
+}
+
+#[test]
+fn copies_round_trip() {
+    let Some(gpu) = common::gpu() else { return };
+    eprintln!("device: {} {:?}", gpu.name().unwrap(), gpu.compute_capability().unwrap());
+    let x: Vec<half::bf16> = (0..1000).map(|i| half::bf16::from_f32(i as f32 * 0.25 - 7.0)).collect();
+    assert_eq!(gpu.download(&gpu.upload(&x).unwrap()).unwrap(), x);
+    let y: Vec<half::f16> = (0..777).map(|i| half::f16::from_f32((i as f32).sin())).collect();
+    assert_eq!(gpu.download(&gpu.upload(&y).unwrap()).unwrap(), y);
+}
+
+#[test]
+fn device_tile_classes_equal_the_host() {
+    let Some(gpu) = common::gpu() else { return };
+    let layout: VideoLayout = "text:35,frames:8x576,text:40".parse().unwrap();
+    let masks = [
+        Mask::frame_block_causal(&layout).unwrap(),
+        Mask::frame_block(&layout).unwrap(),
+        Mask::full_visual(&layout).unwrap(),
+        Mask::causal_cross(1024, 16, 729).unwrap(),
+        Mask::causal(3000, 5000).unwrap(),
+        Mask::sliding_window(4097, 4097, 1000, 4).unwrap(),
+        Mask::document(&[100, 1000, 7, 2000], true).unwrap(),
+        Mask::from_intervals(
+            300,
+            (0..1000).map(|i| [i % 7, i % 7 + 50, 100 + i % 13, 100 + i % 13 + i % 150]).collect(),
+        )
+        .unwrap(),
+    ];
+    for mask in &masks {
+        for (bm, bn) in [(128, 64), (128, 128), (64, 64), (16, 96)] {
+            let shape = TileShape::new(bm, bn).unwrap();
+            let host = tiles::tile_classes(mask, shape);
+            let dev = gpu.tile_classes(mask, shape).unwrap();
+            assert_eq!(dev, host, "{:?} with {bm}x{bn} tiles", mask.kind());
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! ptxas's report from the build: every kernel is there for both SASS targets and
+//! none spills registers to local memory.
+#![cfg(feature = "cuda")]
+
+use maskattn::cuda::kernel_resources;
+
+const KERNELS: &[&str] = &["maskattn_tile_classes"];
+
+#[test]
+fn every_kernel_is_built_for_sm80_and_sm90a_without_spills() {
+    let all = kernel_resources();
+    for r in &all {
+        println!(
+            "{:28} {:7} {:3} regs {:6} B smem  stack {} B  spills {}/{} B",
+            r.name, r.arch, r.registers, r.shared, r.stack_frame, r.spill_stores, r.spill_loads
+        );
+    }
+    for name in KERNELS {
+        for arch in ["sm_80", "sm_90a"] {
+            assert!(all.iter().any(|r| r.name == *name && r.arch == arch), "{name} missing for {arch}");
+        }
+    }
+    let spilling: Vec<_> = all.iter().filter(|r| r.spill_stores > 0 || r.spill_loads > 0).collect();
+    assert!(spilling.is_empty(), "kernels spill registers: {spilling:#?}");
+}
