@@ -9,6 +9,7 @@ pub mod mask;
 pub mod reference;
 mod shape;
 pub mod tiles;
+pub mod xattention;
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
