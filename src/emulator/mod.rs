@@ -16,6 +16,8 @@ use crate::reference::AttentionOutput;
 use crate::shape::{AttnShape, Element};
 use crate::tiles::{self, TileClass, TileShape};
 
+mod backward;
+pub use backward::backward;
 
 /// What the emulated kernel did, counted over all (batch, head, query tile).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

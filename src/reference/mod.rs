@@ -23,6 +23,8 @@ use crate::error::Result;
 use crate::mask::Mask;
 use crate::shape::{AttnShape, Element};
 
+mod backward;
+pub use backward::{attention_backward, Gradients};
 
 /// Attention output in `f64`: `out` is `[B, Lq, Hq, D]`, `lse` is `[B, Hq, Lq]`.
 #[derive(Debug, Clone)]
