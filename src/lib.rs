@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod cases;
 pub mod emulator;
 mod error;
 #[allow(missing_docs, non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code)]

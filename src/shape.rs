@@ -136,10 +136,4 @@ impl AttnShape {
             None => Ok(1.0 / (self.head_dim as f64).sqrt()),
         }
     }
-
-    /// Effective FLOPs of the forward pass over the mask's visible pairs:
-    /// `4 * B * Hq * D * visible_pairs`.
-    pub fn effective_flops(&self, mask: &Mask) -> f64 {
-        4.0 * (self.batch * self.heads_q * self.head_dim) as f64 * mask.visible_pairs() as f64
-    }
 }

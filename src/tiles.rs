@@ -168,3 +168,15 @@ pub fn query_tile_order(mask: &Mask, shape: TileShape) -> Vec<i32> {
     order.sort_by_key(|&t| std::cmp::Reverse(work[t as usize]));
     order
 }
+
+/// The forward kernel's tile shape for head dimension `head_dim` (the constants of
+/// csrc/params.h), so that the emulator and the launch code use the kernel's tiles.
+pub fn forward_tiles(head_dim: usize) -> crate::Result<TileShape> {
+    let block_n = match head_dim {
+        64 => ffi::MASKATTN_FWD_BLOCK_N_D64,
+        96 => ffi::MASKATTN_FWD_BLOCK_N_D96,
+        128 => ffi::MASKATTN_FWD_BLOCK_N_D128,
+        d => return Err(crate::Error::Unsupported(format!("head dim {d}: the kernels support 64, 96 and 128"))),
+    };
+    TileShape::new(ffi::MASKATTN_FWD_BLOCK_M as usize, block_n as usize)
+}

@@ -98,3 +98,32 @@ fn shape_mismatches_are_errors() {
     assert!(reference::attention(x.view(), gqa_bad.view(), gqa_bad.view(), &mask, None).is_err());
     assert!(reference::attention(x.view(), x.view(), x.view(), &mask, Some(f64::NAN)).is_err());
 }
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// Attention over 2-4 key shards (each with its slice of the mask), merged through
+    /// the LSE, equals attention over all keys.
+    #[test]
+    fn key_shards_merge_to_the_whole(mask in arb_mask(120), cuts in prop::collection::vec(any::<prop::sample::Index>(), 1..4), seed in any::<u32>()) {
+        let lk = mask.len_k();
+        let mut bounds: Vec<usize> = cuts.iter().map(|c| c.index(lk)).chain([0, lk]).collect();
+        bounds.sort();
+        bounds.dedup();
+        let q = random_array((2, mask.len_q(), 2, 5), seed as u64);
+        let kv = random_array((2, lk, 1, 5), seed as u64 + 1) * 2.0;
+        let parts: Vec<_> = bounds.windows(2).map(|w| {
+            let part_kv = kv.slice(ndarray::s![.., w[0]..w[1], .., ..]);
+            let part_mask = mask.slice(0..mask.len_q(), w[0]..w[1]).unwrap();
+            reference::attention(q.view(), part_kv, part_kv, &part_mask, None).unwrap()
+        }).collect();
+        let merged = reference::merge_partials(&parts).unwrap();
+        let whole = reference::attention(q.view(), kv.view(), kv.view(), &mask, None).unwrap();
+        for (m, w) in merged.out.iter().zip(&whole.out) {
+            prop_assert!((m - w).abs() <= 1e-12 * (1.0 + w.abs()), "{} vs {}", m, w);
+        }
+        for (m, w) in merged.lse.iter().zip(&whole.lse) {
+            prop_assert!(m == w || (m - w).abs() <= 1e-12 * (1.0 + w.abs()), "{} vs {}", m, w);
+        }
+    }
+}

@@ -33,7 +33,7 @@ pub fn driver_available() -> Result<()> {
                 // cudarc does next; the handle is dropped at once.
                 match unsafe { libloading::Library::new(name) } {
                     Ok(_) => return Ok(()),
-                    Err(e) => why.push(format!("{name}: {e}")),
+                    Err(e) => why.push(e.to_string()),
                 }
             }
             Err(why.join("; "))

@@ -10,9 +10,13 @@
 //! ([`cudarc::driver::CudaSlice`], [`cudarc::driver::CudaStream`]); candle uses the
 //! same cudarc line, so its device buffers pass through without copies.
 
+mod attention;
+mod bench;
 mod device;
 mod ptxas;
 
+pub use attention::{DeviceMask, DeviceTensor, DeviceTensorMut, KernelElement, Layout4};
+pub use bench::CaseBuffers;
 pub use cudarc;
 pub use device::{driver_available, Gpu};
 pub use ptxas::{kernel_resources, KernelResources, PTXAS_REPORT};

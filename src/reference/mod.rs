@@ -108,3 +108,48 @@ fn run<T: Element>(
     }
     AttentionOutput { out, lse }
 }
+
+/// Merges attention outputs computed over disjoint key shards of the same queries
+/// (e.g. with [`Mask::slice`] per shard: context parallelism, ring attention) into
+/// the output over all keys: `lse = log(sum_i exp(lse_i))`,
+/// `out = sum_i exp(lse_i - lse) out_i`. Shards in which a row sees no key (LSE
+/// `-inf`) contribute nothing; a row that sees no key anywhere stays 0 / `-inf`.
+///
+/// ```
+/// use maskattn::{reference, Mask};
+/// let x = ndarray::Array4::<f64>::from_shape_fn((1, 6, 1, 3), |(_, l, _, d)| (l as f64 * 0.7 + d as f64).sin());
+/// let mask = Mask::causal(6, 6)?;
+/// let part = |k0: usize, k1: usize| {
+///     let kv = x.slice(ndarray::s![.., k0..k1, .., ..]);
+///     reference::attention(x.view(), kv, kv, &mask.slice(0..6, k0..k1)?, None)
+/// };
+/// let merged = reference::merge_partials(&[part(0, 2)?, part(2, 6)?])?;
+/// let whole = reference::attention(x.view(), x.view(), x.view(), &mask, None)?;
+/// assert!(merged.out.iter().zip(&whole.out).all(|(a, b)| (a - b).abs() < 1e-12));
+/// # Ok::<(), maskattn::Error>(())
+/// ```
+pub fn merge_partials(parts: &[AttentionOutput]) -> Result<AttentionOutput> {
+    let first = parts.first().ok_or_else(|| crate::error::invalid("parts", "nothing to merge"))?;
+    if parts.iter().any(|p| p.out.shape() != first.out.shape() || p.lse.shape() != first.lse.shape()) {
+        return Err(crate::Error::Shape("partial outputs of different shapes".into()));
+    }
+    let mut lse = Array3::from_elem(first.lse.raw_dim(), f64::NEG_INFINITY);
+    for p in parts {
+        lse.zip_mut_with(&p.lse, |acc, &x| {
+            let m = acc.max(x);
+            if m > f64::NEG_INFINITY {
+                *acc = m + ((*acc - m).exp() + (x - m).exp()).ln();
+            }
+        });
+    }
+    let mut out = Array4::<f64>::zeros(first.out.raw_dim());
+    for p in parts {
+        for ((b, i, h, d), o) in out.indexed_iter_mut() {
+            let (part_lse, total) = (p.lse[[b, h, i]], lse[[b, h, i]]);
+            if part_lse > f64::NEG_INFINITY {
+                *o += (part_lse - total).exp() * p.out[[b, i, h, d]];
+            }
+        }
+    }
+    Ok(AttentionOutput { out, lse })
+}

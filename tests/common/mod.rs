@@ -84,3 +84,54 @@ pub fn gpu() -> Option<maskattn::cuda::Gpu> {
         }
     }
 }
+
+/// A plain same-dtype attention, the yardstick of kernel error (as flash-attention's
+/// tests use PyTorch's attention in the input dtype): Q K^T accumulated in f32 and
+/// rounded to `T`, scaled in `T`, softmax in f32 rounded to `T`, P V accumulated in
+/// f32 and rounded to `T`. Returns (out `[B, Lq, Hq, D]`, lse `[B, Hq, Lq]`) as f64.
+pub fn plain_attention<T: maskattn::Element>(
+    q: &Array4<f64>,
+    k: &Array4<f64>,
+    v: &Array4<f64>,
+    mask: &Mask,
+    scale: f64,
+) -> (Array4<f64>, ndarray::Array3<f64>) {
+    let r = |x: f64| T::from_f64(x).to_f64();
+    let (b, lq, hq, d) = q.dim();
+    let (hkv, lk) = (k.dim().2, k.dim().1);
+    let mut out = Array4::zeros((b, lq, hq, d));
+    let mut lse = ndarray::Array3::from_elem((b, hq, lq), f64::NEG_INFINITY);
+    for bi in 0..b {
+        for h in 0..hq {
+            let hk = h / (hq / hkv);
+            for i in 0..lq {
+                let keys: Vec<usize> = (0..lk).filter(|&j| mask.is_visible(i, j)).collect();
+                if keys.is_empty() {
+                    continue;
+                }
+                let s: Vec<f32> = keys
+                    .iter()
+                    .map(|&j| {
+                        let dot: f32 = (0..d).map(|c| q[[bi, i, h, c]] as f32 * k[[bi, j, hk, c]] as f32).sum();
+                        r(r(dot as f64) * r(scale)) as f32
+                    })
+                    .collect();
+                let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
+                let sum: f32 = e.iter().sum();
+                lse[[bi, h, i]] = (m + sum.ln()) as f64;
+                let p: Vec<f32> = e.iter().map(|x| r((x / sum) as f64) as f32).collect();
+                for c in 0..d {
+                    let acc: f32 = keys.iter().zip(&p).map(|(&j, &pj)| pj * v[[bi, j, hk, c]] as f32).sum();
+                    out[[bi, i, h, c]] = r(acc as f64);
+                }
+            }
+        }
+    }
+    (out, lse)
+}
+
+/// Largest |a - b| over two arrays of the same shape, with -inf == -inf counting 0.
+pub fn max_abs_diff<'a>(a: impl IntoIterator<Item = &'a f64>, b: impl IntoIterator<Item = &'a f64>) -> f64 {
+    a.into_iter().zip(b).map(|(x, y)| if x == y { 0.0 } else { (x - y).abs() }).fold(0.0, f64::max)
+}

@@ -1,0 +1,99 @@
+//! The forward bench program: every canonical case of DESIGN.md section 5 (but the
+//! block-sparse ones), our kernel with the case's mask and with the dense mask of the
+//! same shape, median ms and effective TFLOP/s (`4 * B * Hq * D * visible pairs /
+//! time`, only the mask's visible pairs are credited, for both). Writes JSON in the
+//! peers' format (shared/peers/flex_sdpa.py) so the two can be put side by side.
+//!
+//! ```text
+//! cargo run --release --example bench -- [--json out.json] [--hkv 32] [--d 128] [--f16] [CASE ...]
+//! ```
+
+use clap::Parser;
+use half::{bf16, f16};
+use maskattn::cases::{self, Case};
+use maskattn::cuda::{CaseBuffers, Gpu, KernelElement};
+
+#[derive(Parser)]
+struct Args {
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Key/value heads (32 query heads).
+    #[arg(long, default_value_t = 32)]
+    hkv: usize,
+    /// Head dim.
+    #[arg(long, default_value_t = 128)]
+    d: usize,
+    /// f16 instead of bf16.
+    #[arg(long)]
+    f16: bool,
+    /// Timed launches per measurement (after 5 warm-up launches).
+    #[arg(long, default_value_t = 30)]
+    iters: usize,
+    /// The commit measured (default: $MASKATTN_COMMIT, then .gpu/COMMIT).
+    #[arg(long)]
+    commit: Option<String>,
+    /// Cases (default: all forward cases).
+    cases: Vec<String>,
+}
+
+fn measure<T: KernelElement>(gpu: &Gpu, case: &Case, iters: usize) -> maskattn::Result<(f64, f64)> {
+    let mut bufs = CaseBuffers::<T>::new(gpu, case)?;
+    Ok((gpu.time_forward(&mut bufs, &case.mask, 5, iters)?, gpu.time_forward(&mut bufs, &case.dense, 5, iters)?))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let a = Args::parse();
+    let gpu = match Gpu::new(0) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("bench: no GPU, nothing to measure ({e})");
+            std::process::exit(2);
+        }
+    };
+    let device = gpu.name()?;
+    let commit = a
+        .commit
+        .or_else(|| std::env::var("MASKATTN_COMMIT").ok())
+        .or_else(|| std::fs::read_to_string(".gpu/COMMIT").ok().map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    let dtype = if a.f16 { "float16" } else { "bfloat16" };
+    println!("maskattn bench on {device}, commit {commit}, {dtype}, Hkv={}, D={}", a.hkv, a.d);
+    let names: Vec<String> =
+        if a.cases.is_empty() { cases::FORWARD_CASES.iter().map(|s| s.to_string()).collect() } else { a.cases };
+    let mut results = Vec::new();
+    for name in &names {
+        let case = cases::case(name, a.hkv, a.d)?;
+        let (ms, dense_ms) =
+            if a.f16 { measure::<f16>(&gpu, &case, a.iters)? } else { measure::<bf16>(&gpu, &case, a.iters)? };
+        let eff = case.flops(&case.mask) / ms / 1e9;
+        println!(
+            "{:14} maskattn {:9.3} ms {:7.1} TFLOP/s(eff) | dense same shape {:9.3} ms ({:.2}x)",
+            case.name,
+            ms,
+            eff,
+            dense_ms,
+            dense_ms / ms
+        );
+        for (imp, t, note) in [
+            ("maskattn", ms, ""),
+            (
+                "maskattn_dense_same_shape",
+                dense_ms,
+                "computes the dense mask's pairs; eff counts only the case mask's visible pairs",
+            ),
+        ] {
+            results.push(serde_json::json!({
+                "case": case.name, "impl": imp, "ms": t, "eff_tflops": case.flops(&case.mask) / t / 1e9,
+                "B": case.batch, "H": case.heads_q, "Hkv": case.heads_kv, "D": case.head_dim, "dtype": dtype,
+                "Lq": case.mask.len_q(), "Lk": case.mask.len_k(), "visible_pairs": case.mask.visible_pairs(), "note": note,
+            }));
+        }
+    }
+    if let Some(path) = a.json {
+        let doc = serde_json::json!({ "device": device, "commit": commit, "results": results });
+        std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}

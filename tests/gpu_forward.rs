@@ -1,0 +1,188 @@
+//! GPU fuzz of the forward kernel: random batch, heads (GQA), lengths that are not
+//! tile multiples, head dims, dtypes and masks of every family, compared with the f64
+//! reference on the same rounded inputs. The kernel's max error must stay within 2x
+//! that of a plain same-dtype implementation on the same inputs (flash-attention's
+//! own criterion). 500 cases with a fixed seed; MASKATTN_GPU_FUZZ_CASES for more.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::{max_abs_diff, plain_attention, random_array};
+use half::{bf16, f16};
+use maskattn::cuda::{Gpu, KernelElement};
+use maskattn::{reference, Element, Mask, VideoLayout};
+use ndarray::Array4;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed};
+
+fn gpu() -> Option<&'static Gpu> {
+    static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
+    GPU.get_or_init(common::gpu).as_ref()
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    mask: Mask,
+    batch: usize,
+    heads: (usize, usize),
+    head_dim: usize,
+    bf16: bool,
+    scale: Option<f64>,
+    seed: u64,
+}
+
+fn arb_case() -> impl Strategy<Value = Case> {
+    let video = (prop::sample::select(vec![576usize, 729]), 1usize..3, 0usize..100, 0usize..3).prop_map(
+        |(n, t, text, kind)| {
+            let layout: VideoLayout = format!("text:{text},frames:{t}x{n},text:{}", text / 3 + 1).parse().unwrap();
+            match kind {
+                0 => Mask::frame_block_causal(&layout).unwrap(),
+                1 => Mask::frame_block(&layout).unwrap(),
+                _ => Mask::full_visual(&layout).unwrap(),
+            }
+        },
+    );
+    let ccam = (1usize..300, 1usize..5, prop::sample::select(vec![1usize, 64, 100, 729]))
+        .prop_map(|(nq, t, n)| Mask::causal_cross(nq, t, n).unwrap());
+    let masks = prop_oneof![
+        6 => common::arb_mask(400),
+        1 => video,
+        1 => ccam,
+    ];
+    let heads = prop::sample::select(vec![(1usize, 1usize), (2, 1), (4, 2), (3, 1), (4, 4), (8, 1)]);
+    (
+        masks,
+        1usize..3,
+        heads,
+        prop::sample::select(vec![64usize, 96, 128]),
+        any::<bool>(),
+        prop::option::weighted(0.2, 0.05f64..0.5),
+        any::<u64>(),
+    )
+        .prop_map(|(mask, batch, heads, head_dim, bf16, scale, seed)| {
+            // Keep the f64 reference affordable on long video masks.
+            let (batch, heads) =
+                if mask.len_q() * mask.len_k() > 200_000 { (1, (heads.0.min(2), 1)) } else { (batch, heads) };
+            Case { mask, batch, heads, head_dim, bf16, scale, seed }
+        })
+}
+
+/// Rounds to T, returns the rounded values as f64 and as T.
+fn rounded<T: Element>(x: Array4<f64>) -> (Array4<f64>, Array4<T>) {
+    let t = x.mapv(T::from_f64);
+    (t.mapv(T::to_f64), t)
+}
+
+fn check<T: KernelElement>(gpu: &Gpu, c: &Case) -> Result<(), TestCaseError> {
+    let (hq, hkv) = c.heads;
+    let (lq, lk, d) = (c.mask.len_q(), c.mask.len_k(), c.head_dim);
+    // Keys with a spread of norms make the softmax peaked in some rows, flat in others.
+    let (q64, q) = rounded::<T>(random_array((c.batch, lq, hq, d), c.seed) * 1.5);
+    let (k64, k) = rounded::<T>(random_array((c.batch, lk, hkv, d), c.seed ^ 1) * 1.5);
+    let (v64, v) = rounded::<T>(random_array((c.batch, lk, hkv, d), c.seed ^ 2));
+    let want = reference::attention(q64.view(), k64.view(), v64.view(), &c.mask, c.scale).unwrap();
+    let scale = c.scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let (plain_out, plain_lse) = plain_attention::<T>(&q64, &k64, &v64, &c.mask, scale);
+    let (out, lse) = gpu.attention(q.view(), k.view(), v.view(), &c.mask, c.scale.map(|s| s as f32)).unwrap();
+    let out = out.mapv(T::to_f64);
+    let lse = lse.mapv(f64::from);
+    prop_assert!(out.iter().all(|x| x.is_finite()), "non-finite output");
+    for (g, w) in lse.iter().zip(&want.lse) {
+        prop_assert!((*w == f64::NEG_INFINITY) == (*g == f64::NEG_INFINITY), "lse {} where the reference has {}", g, w);
+    }
+    let (err, plain_err) = (max_abs_diff(&out, &want.out), max_abs_diff(&plain_out, &want.out));
+    prop_assert!(err <= 2.0 * plain_err, "out error {:e} > 2 x plain {:e}", err, plain_err);
+    let (lerr, plain_lerr) = (max_abs_diff(&lse, &want.lse), max_abs_diff(&plain_lse, &want.lse));
+    prop_assert!(lerr <= 2.0 * plain_lerr, "lse error {:e} > 2 x plain {:e}", lerr, plain_lerr);
+    Ok(())
+}
+
+fn fuzz_config() -> Config {
+    let cases = std::env::var("MASKATTN_GPU_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(500);
+    Config { cases, rng_seed: RngSeed::Fixed(0x6d61_736b), failure_persistence: None, ..Config::default() }
+}
+
+#[test]
+fn forward_matches_the_reference_within_twice_the_plain_error() {
+    let Some(gpu) = gpu() else { return };
+    proptest!(fuzz_config(), |(c in arb_case())| {
+        if c.bf16 { check::<bf16>(gpu, &c)? } else { check::<f16>(gpu, &c)? }
+    });
+}
+
+/// A handful of small cases for compute-sanitizer (memcheck, racecheck), which slows
+/// kernels down by orders of magnitude: `scripts/gpu-sanitize.sh` runs this test.
+#[test]
+fn sanitizer_subset() {
+    let Some(gpu) = gpu() else { return };
+    let layout: VideoLayout = "text:5,frames:2x70,text:9".parse().unwrap();
+    let masks = [
+        Mask::frame_block(&layout).unwrap(),
+        Mask::causal(200, 130).unwrap(),
+        Mask::causal_cross(33, 3, 29).unwrap(),
+        Mask::from_intervals(77, vec![[0, 0, 0, 0], [3, 9, 40, 77], [0, 77, 0, 0]]).unwrap(),
+    ];
+    for (i, mask) in masks.into_iter().enumerate() {
+        for (head_dim, bf16) in [(64, true), (96, false), (128, true)] {
+            let c = Case { mask: mask.clone(), batch: 2, heads: (2, 1), head_dim, bf16, scale: None, seed: i as u64 };
+            let r = if bf16 { check::<bf16>(gpu, &c) } else { check::<f16>(gpu, &c) };
+            r.unwrap_or_else(|e| panic!("{c:?}: {e}"));
+        }
+    }
+}
+
+/// Attention over key shards (mask sliced per shard, K/V as strided views into the
+/// full buffers, no copies), merged through the LSE, equals attention over all keys.
+#[test]
+fn key_shards_merge_to_the_whole() {
+    let Some(gpu) = gpu() else { return };
+    let mask = Mask::frame_block_causal(&"text:33,frames:3x576,text:40".parse().unwrap()).unwrap();
+    let (b, h, d, lk) = (2, 2, 128, mask.len_k());
+    let (q64, q) = rounded::<bf16>(random_array((b, mask.len_q(), h, d), 7));
+    let (k64, k) = rounded::<bf16>(random_array((b, lk, h, d), 8));
+    let (v64, v) = rounded::<bf16>(random_array((b, lk, h, d), 9));
+    let want = reference::attention(q64.view(), k64.view(), v64.view(), &mask, None).unwrap();
+    let (plain_out, _) = plain_attention::<bf16>(&q64, &k64, &v64, &mask, 1.0 / (d as f64).sqrt());
+    let plain_err = max_abs_diff(&plain_out, &want.out);
+    for bounds in [vec![0, 1000, lk], vec![0, 64, 700, 1401, lk], vec![0, 600, 1200, 1500, lk]] {
+        let parts: Vec<_> = bounds
+            .windows(2)
+            .map(|w| {
+                let s = ndarray::s![.., w[0]..w[1], .., ..];
+                let part_mask = mask.slice(0..mask.len_q(), w[0]..w[1]).unwrap();
+                let (o, l) = gpu.attention(q.view(), k.slice(s), v.slice(s), &part_mask, None).unwrap();
+                reference::AttentionOutput { out: o.mapv(|x| x.to_f64()), lse: l.mapv(f64::from) }
+            })
+            .collect();
+        let merged = reference::merge_partials(&parts).unwrap();
+        let err = max_abs_diff(&merged.out, &want.out);
+        assert!(err <= 2.0 * plain_err, "shards {bounds:?}: error {err:e} > 2 x plain {plain_err:e}");
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors_before_any_launch() {
+    let Some(gpu) = gpu() else { return };
+    let mask = Mask::causal(10, 10).unwrap();
+    let x = Array4::<bf16>::zeros((1, 10, 2, 64));
+    let wrong_dim = Array4::<bf16>::zeros((1, 10, 2, 80));
+    let wrong_len = Array4::<bf16>::zeros((1, 9, 2, 64));
+    let wrong_heads = Array4::<bf16>::zeros((1, 10, 3, 64));
+    assert!(matches!(
+        gpu.attention(wrong_dim.view(), wrong_dim.view(), wrong_dim.view(), &mask, None),
+        Err(maskattn::Error::Unsupported(_))
+    ));
+    assert!(matches!(
+        gpu.attention(x.view(), wrong_len.view(), wrong_len.view(), &mask, None),
+        Err(maskattn::Error::Shape(_))
+    ));
+    assert!(matches!(
+        gpu.attention(x.view(), wrong_heads.view(), wrong_heads.view(), &mask, None),
+        Err(maskattn::Error::Shape(_))
+    ));
+    assert!(gpu.attention(x.view(), x.view(), x.view(), &mask, Some(f32::INFINITY)).is_err());
+    let other_mask = Mask::causal(10, 12).unwrap();
+    assert!(matches!(gpu.attention(x.view(), x.view(), x.view(), &other_mask, None), Err(maskattn::Error::Shape(_))));
+}
