@@ -30,6 +30,18 @@ enum Command {
         #[command(flatten)]
         out: Output,
     },
+    /// The main job: every mask family at real video shapes. On a GPU, time and
+    /// effective TFLOP/s against dense attention; without one, says so and runs the
+    /// CPU reference and the kernel-schedule emulator on small shapes. Pictures go
+    /// to --out.
+    Demo {
+        /// Folder for the mask pictures.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// Timed launches per measurement on the GPU.
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -189,7 +201,131 @@ fn write_png(path: &PathBuf, (w, h, rgb): (usize, usize, Vec<u8>)) -> Result<(),
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let Command::Mask { kind, out } = Cli::parse().command;
+    match Cli::parse().command {
+        Command::Mask { kind, out } => mask(kind, out),
+        Command::Demo { out, iters } => demo(&out, iters),
+    }
+}
+
+/// The demo's masks: (name, mask, dense mask of the same shape, batch).
+fn demo_masks(small: bool) -> Result<Vec<(&'static str, Mask, Mask, usize)>, maskattn::Error> {
+    let (frames, tokens, text) = if small { (4, 49, 16) } else { (16, 576, 64) };
+    let layout: VideoLayout = format!("text:{text},frames:{frames}x{tokens},text:{}", 2 * text).parse()?;
+    let l = layout.len();
+    let (nq, ccam_frames, ccam_tokens) = if small { (64, 4, 49) } else { (1024, 16, 729) };
+    let docs: Vec<usize> = if small { vec![100, 37, 180] } else { vec![3000, 5000, 1384, 7000] };
+    let dl: usize = docs.iter().sum();
+    Ok(vec![
+        ("fwbc", Mask::frame_block_causal(&layout)?, Mask::causal(l, l)?, 1),
+        ("full_visual", Mask::full_visual(&layout)?, Mask::causal(l, l)?, 1),
+        ("frame_block", Mask::frame_block(&layout)?, Mask::causal(l, l)?, 1),
+        (
+            "ccam",
+            Mask::causal_cross(nq, ccam_frames, ccam_tokens)?,
+            Mask::full(nq, ccam_frames * ccam_tokens)?,
+            if small { 1 } else { 8 },
+        ),
+        (
+            "cross_local",
+            Mask::cross_frame_local(ccam_frames, nq / ccam_frames, ccam_tokens)?,
+            Mask::full(nq, ccam_frames * ccam_tokens)?,
+            1,
+        ),
+        ("window_sink", Mask::sliding_window(l, l, l / 8, 4)?, Mask::causal(l, l)?, 1),
+        ("document", Mask::document(&docs, true)?, Mask::causal(dl, dl)?, 1),
+    ])
+}
+
+fn demo(out: &std::path::Path, iters: usize) -> Result<(), Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(out)?;
+    #[cfg(feature = "cuda")]
+    match maskattn::cuda::Gpu::new(0) {
+        Ok(gpu) => return demo_gpu(&gpu, out, iters),
+        Err(e) => println!("no GPU ({e}): running the CPU reference on small shapes instead"),
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!("built without the `cuda` feature: running the CPU reference on small shapes");
+    let _ = iters;
+    demo_cpu(out)
+}
+
+#[cfg(feature = "cuda")]
+fn demo_gpu(gpu: &maskattn::cuda::Gpu, out: &std::path::Path, iters: usize) -> Result<(), Box<dyn std::error::Error>> {
+    use maskattn::cuda::CaseBuffers;
+    let (hq, d) = (32, 128);
+    println!("{} | bf16, Hq=Hkv={hq}, D={d}; eff TFLOP/s = 4*B*Hq*D*visible pairs / time", gpu.name()?);
+    println!(
+        "{:12} {:>6} {:>7} {:>8} {:>10} {:>8} {:>10} {:>7}",
+        "mask", "B", "Lq", "Lk", "ms", "TFLOP/s", "dense ms", "speedup"
+    );
+    let masks = demo_masks(false)?;
+    let n = masks.len();
+    for (i, (name, mask, dense, batch)) in masks.into_iter().enumerate() {
+        eprintln!("[{}/{n}] {name}: Lq={} Lk={} ...", i + 1, mask.len_q(), mask.len_k());
+        write_png(&out.join(format!("{name}.png")), render(&mask, tiles::forward_tiles(d)?, 1024))?;
+        let case = maskattn::cases::Case { name, batch, heads_q: hq, heads_kv: hq, head_dim: d, mask, dense };
+        let mut bufs = CaseBuffers::<half::bf16>::new(gpu, &case)?;
+        let ms = gpu.time_forward(&mut bufs, &case.mask, 3, iters)?;
+        let dense_ms = gpu.time_forward(&mut bufs, &case.dense, 3, iters)?;
+        println!(
+            "{:12} {:>6} {:>7} {:>8} {:>10.3} {:>8.1} {:>10.3} {:>6.2}x",
+            name,
+            batch,
+            case.mask.len_q(),
+            case.mask.len_k(),
+            ms,
+            case.flops(&case.mask) / ms / 1e9,
+            dense_ms,
+            dense_ms / ms
+        );
+    }
+    println!("pictures in {}", out.display());
+    Ok(())
+}
+
+fn demo_cpu(out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    use maskattn::{emulator, reference};
+    let (b, hq, hkv, d) = (1, 2, 1, 64);
+    let tile = tiles::forward_tiles(d)?;
+    println!(
+        "f64 reference vs the kernel-schedule emulator ({}x{} tiles), B={b} Hq={hq} Hkv={hkv} D={d}",
+        tile.block_m(),
+        tile.block_n()
+    );
+    println!(
+        "{:12} {:>6} {:>6} {:>8} {:>12} {:>12} {:>10}",
+        "mask", "Lq", "Lk", "density", "reference ms", "emulator ms", "max |diff|"
+    );
+    for (name, mask, _, _) in demo_masks(true)? {
+        write_png(&out.join(format!("{name}.png")), render(&mask, tile, 1024))?;
+        let values = |l: usize, h: usize, salt: usize| {
+            ndarray::Array4::from_shape_fn((b, l, h, d), |(_, i, j, c)| {
+                (((i * 31 + j * 17 + c * 7 + salt) % 97) as f64 / 48.5 - 1.0) * 0.5
+            })
+        };
+        let (q, k, v) = (values(mask.len_q(), hq, 0), values(mask.len_k(), hkv, 1), values(mask.len_k(), hkv, 2));
+        let t0 = std::time::Instant::now();
+        let want = reference::attention(q.view(), k.view(), v.view(), &mask, None)?;
+        let t1 = std::time::Instant::now();
+        let (got, _) = emulator::forward(q.view(), k.view(), v.view(), &mask, None, tile)?;
+        let t2 = std::time::Instant::now();
+        let diff = got.out.iter().zip(&want.out).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        println!(
+            "{:12} {:>6} {:>6} {:>7.1}% {:>12.2} {:>12.2} {:>10.1e}",
+            name,
+            mask.len_q(),
+            mask.len_k(),
+            100.0 * mask.density(),
+            (t1 - t0).as_secs_f64() * 1e3,
+            (t2 - t1).as_secs_f64() * 1e3,
+            diff
+        );
+    }
+    println!("pictures in {}", out.display());
+    Ok(())
+}
+
+fn mask(kind: MaskArgs, out: Output) -> Result<(), Box<dyn std::error::Error>> {
     let tile = parse_tile(&out.tile)?;
     let t0 = std::time::Instant::now();
     let mask = build(kind)?;
