@@ -20,17 +20,17 @@
  * MASKATTN_FWD_THREADS threads (4 warps, 32 query rows each) handles
  * MASKATTN_FWD_BLOCK_M query rows of one (batch, head) and walks key tiles of
  * MASKATTN_FWD_BLOCK_N_D* keys. Dynamic shared memory (the kernel uses no static
- * shared memory): one Q, one K and one V tile of 2-byte elements,
- * (BLOCK_M + 2 * BLOCK_N) * D * 2, then the tile's row intervals, BLOCK_M * 16,
- * and 256 bytes of per-CTA values. */
+ * shared memory): one Q tile and two K and two V tiles (double buffer) of 2-byte
+ * elements, (BLOCK_M + 4 * BLOCK_N) * D * 2, then the tile's row intervals,
+ * BLOCK_M * 16, and 256 bytes of per-CTA values. */
 #define MASKATTN_FWD_THREADS 128
 #define MASKATTN_FWD_BLOCK_M 128
 #define MASKATTN_FWD_BLOCK_N_D64 64
 #define MASKATTN_FWD_BLOCK_N_D96 64
-#define MASKATTN_FWD_BLOCK_N_D128 64
-#define MASKATTN_FWD_SMEM_D64 ((128 + 2 * 64) * 64 * 2 + 128 * 16 + 256)
-#define MASKATTN_FWD_SMEM_D96 ((128 + 2 * 64) * 96 * 2 + 128 * 16 + 256)
-#define MASKATTN_FWD_SMEM_D128 ((128 + 2 * 64) * 128 * 2 + 128 * 16 + 256)
+#define MASKATTN_FWD_BLOCK_N_D128 32
+#define MASKATTN_FWD_SMEM_D64 ((128 + 4 * 64) * 64 * 2 + 128 * 16 + 256)
+#define MASKATTN_FWD_SMEM_D96 ((128 + 4 * 64) * 96 * 2 + 128 * 16 + 256)
+#define MASKATTN_FWD_SMEM_D128 ((128 + 4 * 32) * 128 * 2 + 128 * 16 + 256)
 
 /* Min/max, over the rows of a query tile, of each of the rows' two half-open key
  * intervals [s0, e0) U [s1, e1). Only rows whose interval j is non-empty enter
@@ -68,5 +68,87 @@ typedef struct MaskattnFwdParams {
     float scale;                /* softmax scale, applied to Q K^T */
     float scale_log2;           /* scale * log2(e): the kernel works in base 2 */
 } MaskattnFwdParams;
+
+/* Temporal-Aware Dual RoPE (csrc/rope.cu), in place on one or two [B, L, H, D]
+ * tensors (Q and K; x[1] NULL and heads[1] 0 for one) of the same B, L and D:
+ * pair i of token l turns by positions[l] * base^(-2i/D). Element strides; the
+ * last dimension is contiguous, the others multiples of 8 elements, bases 16-byte
+ * aligned, D a multiple of 16 (16-byte vector accesses). Dynamic shared memory:
+ * (D/2) * 8 + tokens_per_block * (D/2) * 8 bytes. */
+typedef struct MaskattnRopeParams {
+    void *x[2];
+    int64_t batch_stride[2];
+    int64_t row_stride[2];
+    int64_t head_stride[2];
+    const double *positions;    /* [len]: p_global + gamma * t, per token */
+    double log2_base;           /* log2(base) */
+    int32_t heads[2];
+    int32_t batch;
+    int32_t len;
+    int32_t head_dim;
+    int32_t interleaved;        /* 0: pairs (i, i + D/2); 1: pairs (2i, 2i + 1) */
+    int32_t tokens_per_block;   /* tokens of one CTA, >= 1 */
+} MaskattnRopeParams;
+
+/* XAttention antidiagonal scoring (csrc/xattn.cu). A CTA of
+ * MASKATTN_XATTN_SCORE_THREADS threads (4 warps of 16 rows) owns
+ * MASKATTN_XATTN_SCORE_ROWS downsampled query rows of one (batch, head) and walks
+ * their visible downsampled key columns in chunks of MASKATTN_XATTN_SCORE_COLS,
+ * one antidiagonal offset t < S after the other (mma.sync, inner dimension D per
+ * offset). Dynamic shared memory: two stages of a Q and a K tile, (ROWS + COLS)
+ * rows of D + 8 two-byte elements each, then ROWS floats and ROWS ints. */
+#define MASKATTN_XATTN_SCORE_THREADS 128
+#define MASKATTN_XATTN_SCORE_ROWS 64
+#define MASKATTN_XATTN_SCORE_COLS 64
+#define MASKATTN_XATTN_SCORE_SMEM_D64 (2 * (64 + 64) * (64 + 8) * 2 + 64 * 8)
+#define MASKATTN_XATTN_SCORE_SMEM_D96 (2 * (64 + 64) * (96 + 8) * 2 + 64 * 8)
+#define MASKATTN_XATTN_SCORE_SMEM_D128 (2 * (64 + 64) * (128 + 8) * 2 + 64 * 8)
+
+/* XAttention block selection: one CTA of MASKATTN_XATTN_SELECT_THREADS threads per
+ * (batch, head, query block) row. Dynamic shared memory: 9 bytes per entry of the
+ * sort (sort_size, the power of two >= n_k_blocks): a u64 key and a u8 flag. */
+#define MASKATTN_XATTN_SELECT_THREADS 256
+#define MASKATTN_XATTN_SELECT_MAX_KEY_BLOCKS 8192
+
+/* Antidiagonal block scores of XAttention (src/xattention/mod.rs, definitions 1-6),
+ * Q [B, Lq, Hq, D] and K [B, Lk, Hkv, D] with element strides (last dim contiguous). */
+typedef struct MaskattnXattnScoreParams {
+    const void *q;
+    const void *k;
+    float *scores;  /* [batch, heads_q, n_q_blocks, n_k_blocks], every entry written */
+    float *scratch; /* [launch's (batch, head) pairs][n_q_rows][n_k_blocks]: log2-sum-exp2
+                       of each (downsampled row, key block) */
+    int64_t q_batch_stride, q_row_stride, q_head_stride;
+    int64_t k_batch_stride, k_row_stride, k_head_stride;
+    int32_t batch;
+    int32_t heads_q;
+    int32_t heads_kv;
+    int32_t len_q;
+    int32_t len_k;
+    int32_t head_dim;
+    int32_t stride;     /* S, 8 or 16 (the kernel is compiled for one) */
+    int32_t n_q_rows;   /* ceil(len_q / S) */
+    int32_t n_k_cols;   /* ceil(len_k / S) */
+    int32_t n_q_blocks; /* ceil(len_q / 128) */
+    int32_t n_k_blocks; /* ceil(len_k / 128) */
+    int32_t bh_begin;   /* first batch * heads_q + head of this launch (blockIdx.x adds) */
+    int32_t causal;
+    float scale_log2;   /* log2(e) / (S * sqrt(D)) */
+} MaskattnXattnScoreParams;
+
+/* XAttention block selection (src/xattention/mod.rs, definitions 6-7). */
+typedef struct MaskattnXattnSelectParams {
+    const float *scores; /* [batch, heads, n_q_blocks, n_k_blocks] */
+    const double *tau;   /* [heads] */
+    uint8_t *selected;   /* [batch, heads, n_q_blocks, n_k_blocks], every entry written */
+    int32_t batch;
+    int32_t heads;
+    int32_t len_q;
+    int32_t len_k;
+    int32_t n_q_blocks;
+    int32_t n_k_blocks;
+    int32_t sort_size; /* power of two >= n_k_blocks; dynamic shared memory 9 * sort_size */
+    int32_t causal;
+} MaskattnXattnSelectParams;
 
 #endif /* MASKATTN_PARAMS_H */

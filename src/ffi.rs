@@ -10,10 +10,18 @@ pub const MASKATTN_FWD_THREADS: u32 = 128;
 pub const MASKATTN_FWD_BLOCK_M: u32 = 128;
 pub const MASKATTN_FWD_BLOCK_N_D64: u32 = 64;
 pub const MASKATTN_FWD_BLOCK_N_D96: u32 = 64;
-pub const MASKATTN_FWD_BLOCK_N_D128: u32 = 64;
-pub const MASKATTN_FWD_SMEM_D64: u32 = 35072;
-pub const MASKATTN_FWD_SMEM_D96: u32 = 51456;
+pub const MASKATTN_FWD_BLOCK_N_D128: u32 = 32;
+pub const MASKATTN_FWD_SMEM_D64: u32 = 51456;
+pub const MASKATTN_FWD_SMEM_D96: u32 = 76032;
 pub const MASKATTN_FWD_SMEM_D128: u32 = 67840;
+pub const MASKATTN_XATTN_SCORE_THREADS: u32 = 128;
+pub const MASKATTN_XATTN_SCORE_ROWS: u32 = 64;
+pub const MASKATTN_XATTN_SCORE_COLS: u32 = 64;
+pub const MASKATTN_XATTN_SCORE_SMEM_D64: u32 = 37376;
+pub const MASKATTN_XATTN_SCORE_SMEM_D96: u32 = 53760;
+pub const MASKATTN_XATTN_SCORE_SMEM_D128: u32 = 70144;
+pub const MASKATTN_XATTN_SELECT_THREADS: u32 = 256;
+pub const MASKATTN_XATTN_SELECT_MAX_KEY_BLOCKS: u32 = 8192;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct MaskattnTileSummary {
@@ -114,6 +122,192 @@ const _: () = {
         [::std::mem::offset_of!(MaskattnFwdParams, scale_log2) - 180usize];
 };
 impl Default for MaskattnFwdParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct MaskattnRopeParams {
+    pub x: [*mut ::std::os::raw::c_void; 2usize],
+    pub batch_stride: [i64; 2usize],
+    pub row_stride: [i64; 2usize],
+    pub head_stride: [i64; 2usize],
+    pub positions: *const f64,
+    pub log2_base: f64,
+    pub heads: [i32; 2usize],
+    pub batch: i32,
+    pub len: i32,
+    pub head_dim: i32,
+    pub interleaved: i32,
+    pub tokens_per_block: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of MaskattnRopeParams"][::std::mem::size_of::<MaskattnRopeParams>() - 112usize];
+    ["Alignment of MaskattnRopeParams"][::std::mem::align_of::<MaskattnRopeParams>() - 8usize];
+    ["Offset of field: MaskattnRopeParams::x"][::std::mem::offset_of!(MaskattnRopeParams, x) - 0usize];
+    ["Offset of field: MaskattnRopeParams::batch_stride"]
+        [::std::mem::offset_of!(MaskattnRopeParams, batch_stride) - 16usize];
+    ["Offset of field: MaskattnRopeParams::row_stride"]
+        [::std::mem::offset_of!(MaskattnRopeParams, row_stride) - 32usize];
+    ["Offset of field: MaskattnRopeParams::head_stride"]
+        [::std::mem::offset_of!(MaskattnRopeParams, head_stride) - 48usize];
+    ["Offset of field: MaskattnRopeParams::positions"][::std::mem::offset_of!(MaskattnRopeParams, positions) - 64usize];
+    ["Offset of field: MaskattnRopeParams::log2_base"][::std::mem::offset_of!(MaskattnRopeParams, log2_base) - 72usize];
+    ["Offset of field: MaskattnRopeParams::heads"][::std::mem::offset_of!(MaskattnRopeParams, heads) - 80usize];
+    ["Offset of field: MaskattnRopeParams::batch"][::std::mem::offset_of!(MaskattnRopeParams, batch) - 88usize];
+    ["Offset of field: MaskattnRopeParams::len"][::std::mem::offset_of!(MaskattnRopeParams, len) - 92usize];
+    ["Offset of field: MaskattnRopeParams::head_dim"][::std::mem::offset_of!(MaskattnRopeParams, head_dim) - 96usize];
+    ["Offset of field: MaskattnRopeParams::interleaved"]
+        [::std::mem::offset_of!(MaskattnRopeParams, interleaved) - 100usize];
+    ["Offset of field: MaskattnRopeParams::tokens_per_block"]
+        [::std::mem::offset_of!(MaskattnRopeParams, tokens_per_block) - 104usize];
+};
+impl Default for MaskattnRopeParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct MaskattnXattnScoreParams {
+    pub q: *const ::std::os::raw::c_void,
+    pub k: *const ::std::os::raw::c_void,
+    pub scores: *mut f32,
+    pub scratch: *mut f32,
+    pub q_batch_stride: i64,
+    pub q_row_stride: i64,
+    pub q_head_stride: i64,
+    pub k_batch_stride: i64,
+    pub k_row_stride: i64,
+    pub k_head_stride: i64,
+    pub batch: i32,
+    pub heads_q: i32,
+    pub heads_kv: i32,
+    pub len_q: i32,
+    pub len_k: i32,
+    pub head_dim: i32,
+    pub stride: i32,
+    pub n_q_rows: i32,
+    pub n_k_cols: i32,
+    pub n_q_blocks: i32,
+    pub n_k_blocks: i32,
+    pub bh_begin: i32,
+    pub causal: i32,
+    pub scale_log2: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of MaskattnXattnScoreParams"][::std::mem::size_of::<MaskattnXattnScoreParams>() - 136usize];
+    ["Alignment of MaskattnXattnScoreParams"][::std::mem::align_of::<MaskattnXattnScoreParams>() - 8usize];
+    ["Offset of field: MaskattnXattnScoreParams::q"][::std::mem::offset_of!(MaskattnXattnScoreParams, q) - 0usize];
+    ["Offset of field: MaskattnXattnScoreParams::k"][::std::mem::offset_of!(MaskattnXattnScoreParams, k) - 8usize];
+    ["Offset of field: MaskattnXattnScoreParams::scores"]
+        [::std::mem::offset_of!(MaskattnXattnScoreParams, scores) - 16usize];
+    ["Offset of field: MaskattnXattnScoreParams::scratch"]
+        [::std::mem::offset_of!(MaskattnXattnScoreParams, scratch) - 24usize];
+    ["Offset of field: MaskattnXattnScoreParams::q_batch_stride"]
+        [::std::mem::offset_of!(MaskattnXattnScoreParams, q_batch_stride) - 32usize];
+    ["Offset of field: MaskattnXattnScoreParams::q_row_stride"]
+        [::std::mem::offset_of!(MaskattnXattnScoreParams, q_row_stride) - 40usize];
+    ["Offset of field: MaskattnXattnScoreParams::q_head_stride"]
+        [::std::mem::offset_of!(MaskattnXattnScoreParams, q_head_stride) - 48usize];
+    ["Offset of field: MaskattnXattnScoreParams::k_batch_stride"]
+        [::std::mem::offset_of!(MaskattnXattnScoreParams, k_batch_stride) - 56usize];
+    ["Offset of field: MaskattnXattnScoreParams::k_row_stride"]
+        [::std::mem::offset_of!(MaskattnXattnScoreParams, k_row_stride) - 64usize];
+    ["Offset of field: MaskattnXattnScoreParams::k_head_stride"]
+        [::std::mem::offset_of!(MaskattnXattnScoreParams, k_head_stride) - 72usize];
+    ["Offset of field: MaskattnXattnScoreParams::batch"]
+        [::std::mem::offset_of!(MaskattnXattnScoreParams, batch) - 80usize];
+    ["Offset of field: MaskattnXattnScoreParams::heads_q"]
+        [::std::mem::offset_of!(MaskattnXattnScoreParams, heads_q) - 84usize];
+    ["Offset of field: MaskattnXattnScoreParams::heads_kv"]
+        [::std::mem::offset_of!(MaskattnXattnScoreParams, heads_kv) - 88usize];
+    ["Offset of field: MaskattnXattnScoreParams::len_q"]
+        [::std::mem::offset_of!(MaskattnXattnScoreParams, len_q) - 92usize];
+    ["Offset of field: MaskattnXattnScoreParams::len_k"]
+        [::std::mem::offset_of!(MaskattnXattnScoreParams, len_k) - 96usize];
+    ["Offset of field: MaskattnXattnScoreParams::head_dim"]
+        [::std::mem::offset_of!(MaskattnXattnScoreParams, head_dim) - 100usize];
+    ["Offset of field: MaskattnXattnScoreParams::stride"]
+        [::std::mem::offset_of!(MaskattnXattnScoreParams, stride) - 104usize];
+    ["Offset of field: MaskattnXattnScoreParams::n_q_rows"]
+        [::std::mem::offset_of!(MaskattnXattnScoreParams, n_q_rows) - 108usize];
+    ["Offset of field: MaskattnXattnScoreParams::n_k_cols"]
+        [::std::mem::offset_of!(MaskattnXattnScoreParams, n_k_cols) - 112usize];
+    ["Offset of field: MaskattnXattnScoreParams::n_q_blocks"]
+        [::std::mem::offset_of!(MaskattnXattnScoreParams, n_q_blocks) - 116usize];
+    ["Offset of field: MaskattnXattnScoreParams::n_k_blocks"]
+        [::std::mem::offset_of!(MaskattnXattnScoreParams, n_k_blocks) - 120usize];
+    ["Offset of field: MaskattnXattnScoreParams::bh_begin"]
+        [::std::mem::offset_of!(MaskattnXattnScoreParams, bh_begin) - 124usize];
+    ["Offset of field: MaskattnXattnScoreParams::causal"]
+        [::std::mem::offset_of!(MaskattnXattnScoreParams, causal) - 128usize];
+    ["Offset of field: MaskattnXattnScoreParams::scale_log2"]
+        [::std::mem::offset_of!(MaskattnXattnScoreParams, scale_log2) - 132usize];
+};
+impl Default for MaskattnXattnScoreParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct MaskattnXattnSelectParams {
+    pub scores: *const f32,
+    pub tau: *const f64,
+    pub selected: *mut u8,
+    pub batch: i32,
+    pub heads: i32,
+    pub len_q: i32,
+    pub len_k: i32,
+    pub n_q_blocks: i32,
+    pub n_k_blocks: i32,
+    pub sort_size: i32,
+    pub causal: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of MaskattnXattnSelectParams"][::std::mem::size_of::<MaskattnXattnSelectParams>() - 56usize];
+    ["Alignment of MaskattnXattnSelectParams"][::std::mem::align_of::<MaskattnXattnSelectParams>() - 8usize];
+    ["Offset of field: MaskattnXattnSelectParams::scores"]
+        [::std::mem::offset_of!(MaskattnXattnSelectParams, scores) - 0usize];
+    ["Offset of field: MaskattnXattnSelectParams::tau"]
+        [::std::mem::offset_of!(MaskattnXattnSelectParams, tau) - 8usize];
+    ["Offset of field: MaskattnXattnSelectParams::selected"]
+        [::std::mem::offset_of!(MaskattnXattnSelectParams, selected) - 16usize];
+    ["Offset of field: MaskattnXattnSelectParams::batch"]
+        [::std::mem::offset_of!(MaskattnXattnSelectParams, batch) - 24usize];
+    ["Offset of field: MaskattnXattnSelectParams::heads"]
+        [::std::mem::offset_of!(MaskattnXattnSelectParams, heads) - 28usize];
+    ["Offset of field: MaskattnXattnSelectParams::len_q"]
+        [::std::mem::offset_of!(MaskattnXattnSelectParams, len_q) - 32usize];
+    ["Offset of field: MaskattnXattnSelectParams::len_k"]
+        [::std::mem::offset_of!(MaskattnXattnSelectParams, len_k) - 36usize];
+    ["Offset of field: MaskattnXattnSelectParams::n_q_blocks"]
+        [::std::mem::offset_of!(MaskattnXattnSelectParams, n_q_blocks) - 40usize];
+    ["Offset of field: MaskattnXattnSelectParams::n_k_blocks"]
+        [::std::mem::offset_of!(MaskattnXattnSelectParams, n_k_blocks) - 44usize];
+    ["Offset of field: MaskattnXattnSelectParams::sort_size"]
+        [::std::mem::offset_of!(MaskattnXattnSelectParams, sort_size) - 48usize];
+    ["Offset of field: MaskattnXattnSelectParams::causal"]
+        [::std::mem::offset_of!(MaskattnXattnSelectParams, causal) - 52usize];
+};
+impl Default for MaskattnXattnSelectParams {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
         unsafe {

@@ -182,7 +182,9 @@ fn bad_inputs_are_errors_before_any_launch() {
         gpu.attention(x.view(), wrong_heads.view(), wrong_heads.view(), &mask, None),
         Err(maskattn::Error::Shape(_))
     ));
-    assert!(gpu.attention(x.view(), x.view(), x.view(), &mask, Some(f32::INFINITY)).is_err());
+    for bad_scale in [f32::INFINITY, f32::NAN, 0.0, -0.1] {
+        assert!(gpu.attention(x.view(), x.view(), x.view(), &mask, Some(bad_scale)).is_err(), "scale {bad_scale}");
+    }
     let other_mask = Mask::causal(10, 12).unwrap();
     assert!(matches!(gpu.attention(x.view(), x.view(), x.view(), &other_mask, None), Err(maskattn::Error::Shape(_))));
 }

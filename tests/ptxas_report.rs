@@ -4,7 +4,15 @@
 
 use maskattn::cuda::kernel_resources;
 
-const KERNELS: &[&str] = &["maskattn_tile_classes"];
+const KERNELS: &[&str] = &[
+    "maskattn_tile_classes",
+    "maskattn_fwd_f16_d64",
+    "maskattn_fwd_f16_d96",
+    "maskattn_fwd_f16_d128",
+    "maskattn_fwd_bf16_d64",
+    "maskattn_fwd_bf16_d96",
+    "maskattn_fwd_bf16_d128",
+];
 
 #[test]
 fn every_kernel_is_built_for_sm80_and_sm90a_without_spills() {

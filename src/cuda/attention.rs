@@ -193,8 +193,12 @@ impl Gpu {
         if lse.len() < lse_len {
             return Err(Error::Shape(format!("lse holds {} floats, needs B*Hq*Lq = {lse_len}", lse.len())));
         }
+        // The kernel masks scores with -inf before scaling: a scale <= 0 would turn
+        // them into NaN or +inf, so only positive finite scales are taken.
         let scale = match scale {
-            Some(s) if !s.is_finite() => return Err(crate::error::invalid("scale", format!("{s} is not finite"))),
+            Some(s) if !(s.is_finite() && s > 0.0) => {
+                return Err(crate::error::invalid("scale", format!("{s}: the kernels need a positive finite scale")))
+            }
             Some(s) => s,
             None => 1.0 / (sh.head_dim as f32).sqrt(),
         };
