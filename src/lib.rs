@@ -8,6 +8,7 @@ mod error;
 mod ffi;
 pub mod mask;
 pub mod reference;
+pub mod rope;
 mod shape;
 pub mod tiles;
 pub mod xattention;

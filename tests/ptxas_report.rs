@@ -12,6 +12,8 @@ const KERNELS: &[&str] = &[
     "maskattn_fwd_bf16_d64",
     "maskattn_fwd_bf16_d96",
     "maskattn_fwd_bf16_d128",
+    "maskattn_dual_rope_f16",
+    "maskattn_dual_rope_bf16",
 ];
 
 #[test]

@@ -14,6 +14,7 @@ mod attention;
 mod bench;
 mod device;
 mod ptxas;
+mod rope;
 
 pub use attention::{DeviceMask, DeviceTensor, DeviceTensorMut, KernelElement, Layout4};
 pub use bench::CaseBuffers;
