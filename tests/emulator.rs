@@ -127,3 +127,51 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// With an XAttention block selection the emulated kernel equals the reference's
+    /// sparse attention (mask AND selected 128x128 blocks), per head.
+    #[test]
+    fn block_sparse_schedule_equals_the_sparse_reference(
+        mask in arb_mask(400), bn in prop::sample::select(vec![32usize, 64, 128]), density in 0.0f64..1.0, seed in any::<u32>(),
+    ) {
+        let (b, hq, hkv, d) = (2, 2, 1, 4);
+        let sel = maskattn::xattention::BlockSelection::from_fn(b, hq, mask.len_q(), mask.len_k(), false, |bi, h, qb, kb| {
+            let mut x = (seed as u64) ^ ((bi * 1_000_003 + h * 10_007 + qb * 101 + kb) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            x ^= x >> 29;
+            x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            x ^= x >> 32;
+            (x % 1000) as f64 / 1000.0 < density
+        }).unwrap();
+        let q = random_array((b, mask.len_q(), hq, d), seed as u64);
+        let k = random_array((b, mask.len_k(), hkv, d), seed as u64 + 1) * 2.0;
+        let v = random_array((b, mask.len_k(), hkv, d), seed as u64 + 2);
+        let want = maskattn::xattention::sparse_attention(q.view(), k.view(), v.view(), &mask, &sel, None).unwrap();
+        let tile = TileShape::new(128, bn).unwrap();
+        let (got, sched) = emulator::forward_block_sparse(q.view(), k.view(), v.view(), &mask, Some(&sel), None, tile).unwrap();
+        for (g, w) in got.out.iter().zip(want.out.iter()) {
+            prop_assert!((g - w).abs() <= 1e-10 * (1.0 + w.abs()), "out {} vs {}", g, w);
+        }
+        for (g, w) in got.lse.iter().zip(want.lse.iter()) {
+            prop_assert!(g == w || (g - w).abs() <= 1e-10 * (1.0 + w.abs()), "lse {} vs {}", g, w);
+        }
+        let dense = emulator::forward(q.view(), k.view(), v.view(), &mask, None, tile).unwrap().1;
+        prop_assert!(sched.full + sched.partial <= dense.full + dense.partial);
+    }
+}
+
+#[test]
+fn block_sparse_needs_tiles_inside_the_blocks() {
+    let mask = Mask::causal(300, 300).unwrap();
+    let sel = maskattn::xattention::BlockSelection::full(1, 1, 300, 300, true).unwrap();
+    let x = random_array((1, 300, 1, 4), 0);
+    for (m, n) in [(64, 64), (128, 96)] {
+        let tile = TileShape::new(m, n).unwrap();
+        assert!(emulator::forward_block_sparse(x.view(), x.view(), x.view(), &mask, Some(&sel), None, tile).is_err());
+    }
+    let other = maskattn::xattention::BlockSelection::full(1, 2, 300, 300, true).unwrap();
+    let tile = TileShape::new(128, 64).unwrap();
+    assert!(emulator::forward_block_sparse(x.view(), x.view(), x.view(), &mask, Some(&other), None, tile).is_err());
+}

@@ -15,6 +15,7 @@ use crate::mask::Mask;
 use crate::reference::AttentionOutput;
 use crate::shape::{AttnShape, Element};
 use crate::tiles::{self, TileClass, TileShape};
+use crate::xattention::{BlockSelection, BLOCK};
 
 mod backward;
 pub use backward::backward;
@@ -39,7 +40,43 @@ pub fn forward<T: Element>(
     scale: Option<f64>,
     tile: TileShape,
 ) -> Result<(AttentionOutput, Schedule)> {
+    forward_block_sparse(q, k, v, mask, None, scale, tile)
+}
+
+/// [`forward`] with an XAttention block selection ANDed to the mask: a key tile whose
+/// 128x128 block is not selected for the (batch, head) is skipped like an EMPTY one
+/// (counted in `skipped`). With a selection the tiles must lie inside the blocks:
+/// `block_m == 128` and `block_n` dividing 128, as in the kernel.
+pub fn forward_block_sparse<T: Element>(
+    q: ArrayView4<T>,
+    k: ArrayView4<T>,
+    v: ArrayView4<T>,
+    mask: &Mask,
+    selection: Option<&BlockSelection>,
+    scale: Option<f64>,
+    tile: TileShape,
+) -> Result<(AttentionOutput, Schedule)> {
     let sh = AttnShape::new(q.shape(), k.shape(), v.shape(), mask)?;
+    if let Some(sel) = selection {
+        if (sel.batch(), sel.heads(), sel.len_q(), sel.len_k()) != (sh.batch, sh.heads_q, sh.len_q, sh.len_k) {
+            return Err(crate::Error::Shape(format!(
+                "the selection is for B={}, H={}, Lq={}, Lk={}; the inputs have B={}, Hq={}, Lq={}, Lk={}",
+                sel.batch(),
+                sel.heads(),
+                sel.len_q(),
+                sel.len_k(),
+                sh.batch,
+                sh.heads_q,
+                sh.len_q,
+                sh.len_k
+            )));
+        }
+        if tile.block_m() != BLOCK || BLOCK % tile.block_n() != 0 {
+            return Err(crate::Error::Unsupported(format!(
+                "block selection with {tile:?} tiles: needs {BLOCK} x a divisor of {BLOCK}"
+            )));
+        }
+    }
     let scale_log2 = sh.scale_or_default(scale)? * std::f64::consts::LOG2_E;
     let (q, k, v) = (q.mapv(T::to_f64), k.mapv(T::to_f64), v.mapv(T::to_f64));
     let mut out = Array4::<f64>::zeros((sh.batch, sh.len_q, sh.heads_q, sh.head_dim));
@@ -61,7 +98,9 @@ pub fn forward<T: Element>(
                 let mut acc = Array2::<f64>::zeros((rows.len(), sh.head_dim));
                 for kt in key_tiles.clone() {
                     let keys = kt * bn..(kt + 1) * bn;
-                    let class = tiles::classify(&summary, keys.clone());
+                    let unselected =
+                        selection.is_some_and(|sel| !sel.is_selected(b, h, qt as usize, keys.start / BLOCK));
+                    let class = if unselected { TileClass::Empty } else { tiles::classify(&summary, keys.clone()) };
                     match class {
                         TileClass::Empty => {
                             sched.skipped += 1;
