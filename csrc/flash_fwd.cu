@@ -22,11 +22,13 @@
 namespace maskattn {
 namespace fwd {
 
-// The first key tile in [kt, end) that classify_key_tile does not call EMPTY, and
-// its class; end when none is left. Uniform over the block.
-__device__ __forceinline__ int32_t next_key_tile(const MaskattnTileSummary &summary, int32_t kt, int32_t end,
-                                                 int32_t block_n, int32_t &cls) {
+// The first key tile in [kt, end) that classify_key_tile does not call EMPTY and
+// whose 128-key block the selection row keeps (no selection: every block), and its
+// class; end when none is left. Uniform over the block.
+__device__ __forceinline__ int32_t next_key_tile(const MaskattnTileSummary &summary, const uint8_t *selected,
+                                                 int32_t kt, int32_t end, int32_t block_n, int32_t &cls) {
     for (; kt < end; ++kt) {
+        if (selected != nullptr && !__ldg(selected + kt * block_n / MASKATTN_SELECT_BLOCK)) continue;
         cls = classify_key_tile(summary, kt * block_n, (kt + 1) * block_n);
         if (cls != MASKATTN_TILE_EMPTY) break;
     }
@@ -43,6 +45,7 @@ struct CtaState {
     const Elem *k, *v;  // this (batch, kv head)'s K and V, row 0
     Elem *o;            // this (batch, head)'s O, row m0
     float *lse;         // this (batch, head)'s LSE, row m0
+    const uint8_t *selected;  // block selection row of this (batch, head, query tile), or null
     int32_t rows;       // query rows of the tile inside len_q
 };
 
@@ -54,6 +57,8 @@ __device__ __forceinline__ void attention_tile(const MaskattnFwdParams &p) {
     constexpr int MF = Traits::kMFrags, NF = Traits::kNFrags, DF = Traits::kDFrags;
     using QTile = SwizzledTile<BM, D>;
     using KVTile = SwizzledTile<BN, D>;
+    static_assert(BM == MASKATTN_SELECT_BLOCK && MASKATTN_SELECT_BLOCK % BN == 0,
+                  "a (query tile, key tile) pair lies inside one selection block");
 
     // Dynamic shared memory only (MASKATTN_FWD_SMEM_* bytes): Q | K0 | V0 | K1 | V1 | CtaState.
     extern __shared__ __align__(128) unsigned char fwd_smem[];
@@ -79,6 +84,10 @@ __device__ __forceinline__ void attention_tile(const MaskattnFwdParams &p) {
             cta.o = static_cast<Elem *>(p.o) + b * p.o_batch_stride + h * p.o_head_stride + int64_t(m0) * p.o_row_stride;
             cta.lse = p.lse + (int64_t(b) * p.heads_q + h) * p.len_q + m0;
             cta.rows = rows;
+            // A query tile is one selection block row (BM == MASKATTN_SELECT_BLOCK).
+            cta.selected = p.block_select == nullptr
+                               ? nullptr
+                               : p.block_select + ((int64_t(b) * p.heads_q + h) * gridDim.y + m0 / BM) * p.select_k_blocks;
         }
         cta.intervals.load(p.intervals, m0, p.len_q, tid, kThreads);
         // Summarized while Q is in flight; the scratch lives in the K buffers, not yet in use.
@@ -97,7 +106,7 @@ __device__ __forceinline__ void attention_tile(const MaskattnFwdParams &p) {
 
     int32_t kt, kt_end, cls = MASKATTN_TILE_EMPTY;
     key_tile_range(cta.summary, BN, &kt, &kt_end);
-    kt = next_key_tile(cta.summary, kt, kt_end, BN, cls);
+    kt = next_key_tile(cta.summary, cta.selected, kt, kt_end, BN, cls);
     uint32_t buf = 0;
     if (kt < kt_end) load_kv(kt, buf);
 
@@ -120,7 +129,7 @@ __device__ __forceinline__ void attention_tile(const MaskattnFwdParams &p) {
         cp_async_wait<0>();
         __syncthreads();
         int32_t next_cls = MASKATTN_TILE_EMPTY;
-        const int32_t next = next_key_tile(cta.summary, kt + 1, kt_end, BN, next_cls);
+        const int32_t next = next_key_tile(cta.summary, cta.selected, kt + 1, kt_end, BN, next_cls);
         if (next < kt_end) load_kv(next, buf ^ 1);
 
         float s[MF][NF][4];

@@ -67,7 +67,15 @@ typedef struct MaskattnFwdParams {
     int32_t head_dim;
     float scale;                /* softmax scale, applied to Q K^T */
     float scale_log2;           /* scale * log2(e): the kernel works in base 2 */
+    /* XAttention block selection ANDed with the mask, or NULL: uint8
+     * [batch][heads_q][ceil(len_q / 128)][select_k_blocks], nonzero = the 128 x 128
+     * block is kept. Query tiles are 128 rows, one block row each. */
+    const uint8_t *block_select;
+    int32_t select_k_blocks;
 } MaskattnFwdParams;
+
+/* Side of the square blocks of a block selection. */
+#define MASKATTN_SELECT_BLOCK 128
 
 /* Temporal-Aware Dual RoPE (csrc/rope.cu), in place on one or two [B, L, H, D]
  * tensors (Q and K; x[1] NULL and heads[1] 0 for one) of the same B, L and D:
@@ -150,5 +158,81 @@ typedef struct MaskattnXattnSelectParams {
     int32_t sort_size; /* power of two >= n_k_blocks; dynamic shared memory 9 * sort_size */
     int32_t causal;
 } MaskattnXattnSelectParams;
+
+/* Backward pass (csrc/flash_bwd.cu, FlashAttention-2's schedule transposed; the CPU
+ * emulator src/emulator/backward.rs is its step-by-step specification).
+ *
+ * Main kernel: one CTA of MASKATTN_BWD_THREADS threads (8 warps, 16 keys each) per
+ * (batch, kv head, key tile of MASKATTN_BWD_BLOCK_N keys) holds the tile's dK and dV
+ * in registers and walks, for every query head of the GQA group, the query tiles of
+ * MASKATTN_BWD_BLOCK_M rows in the tile's walk. Dynamic shared memory: the K and V
+ * tiles, two buffers of (Q, dO) tiles, the dS^T tile [BLOCK_N][BLOCK_M], two
+ * buffers of per-row data (16 bytes of intervals, the base-2 LSE and D: 24 bytes a
+ * row): (2 * BLOCK_N + 4 * BLOCK_M) * D * 2 + BLOCK_N * BLOCK_M * 2 + 2 * BLOCK_M * 24. */
+#define MASKATTN_BWD_THREADS 256
+#define MASKATTN_BWD_BLOCK_M 64
+#define MASKATTN_BWD_BLOCK_N 128
+#define MASKATTN_BWD_SMEM_D64 ((2 * 128 + 4 * 64) * 64 * 2 + 128 * 64 * 2 + 2 * 64 * 24)
+#define MASKATTN_BWD_SMEM_D96 ((2 * 128 + 4 * 64) * 96 * 2 + 128 * 64 * 2 + 2 * 64 * 24)
+#define MASKATTN_BWD_SMEM_D128 ((2 * 128 + 4 * 64) * 128 * 2 + 128 * 64 * 2 + 2 * 64 * 24)
+
+/* Deterministic dQ pass: one CTA of MASKATTN_BWD_DQ_THREADS threads (4 warps, 16
+ * query rows each) per (batch, query head, query tile of MASKATTN_BWD_DQ_BLOCK_M
+ * rows) walks key tiles of MASKATTN_BWD_DQ_BLOCK_N keys exactly as the forward does.
+ * Its query tiles are the main kernel's (the same BLOCK_M, the same summaries).
+ * Dynamic shared memory: the Q and dO tiles, two buffers of (K, V) tiles, the rows'
+ * intervals (16 bytes a row), then 256 bytes of per-CTA values. */
+#define MASKATTN_BWD_DQ_THREADS 128
+#define MASKATTN_BWD_DQ_BLOCK_M 64
+#define MASKATTN_BWD_DQ_BLOCK_N 64
+#define MASKATTN_BWD_DQ_SMEM_D64 ((2 * 64 + 4 * 64) * 64 * 2 + 64 * 16 + 256)
+#define MASKATTN_BWD_DQ_SMEM_D96 ((2 * 64 + 4 * 64) * 96 * 2 + 64 * 16 + 256)
+#define MASKATTN_BWD_DQ_SMEM_D128 ((2 * 64 + 4 * 64) * 128 * 2 + 64 * 16 + 256)
+
+/* The element-wise kernels (preprocess: D and the base-2 LSE; dQ conversion): a CTA of
+ * MASKATTN_BWD_ROW_THREADS threads, 16 threads (one 8-element chunk each) per row. */
+#define MASKATTN_BWD_ROW_THREADS 256
+#define MASKATTN_BWD_ROWS_PER_CTA 16
+
+/* Backward attention: dQ, dK, dV from Q, K, V, the forward's O and LSE and dO.
+ * Tensors [B, L, H, D] with element strides (the last dimension is contiguous). */
+typedef struct MaskattnBwdParams {
+    const void *q;
+    const void *k;
+    const void *v;
+    const void *o;
+    const void *d_out;
+    void *dq;
+    void *dk;
+    void *dv;
+    const float *lse;           /* [batch, heads_q, len_q], natural log, from the forward */
+    float *lse2;                /* scratch [batch, heads_q, len_q_pad]: lse * log2(e), +inf where lse = -inf
+                                   and on the padding rows */
+    float *delta;               /* scratch [batch, heads_q, len_q_pad]: D = rowsum(dO * O), 0 on padding rows */
+    float *dq_accum;            /* [batch, heads_q, len_q, head_dim] f32 (atomic mode), NULL in the
+                                   deterministic mode */
+    const int32_t *intervals;   /* [len_q][4]: s0, e0, s1, e1 */
+    const MaskattnTileSummary *q_tile_summaries; /* [n_q_tiles]: rows of each BLOCK_M query tile */
+    const int32_t *k_tile_order; /* key tiles in launch order, heaviest first */
+    const int32_t *k_tile_walks; /* [n_k_tiles][2]: the query tiles [begin, end) a key tile walks */
+    const int32_t *q_tile_order; /* query tiles in launch order for the dQ pass, heaviest first */
+    int64_t q_batch_stride, q_row_stride, q_head_stride;
+    int64_t k_batch_stride, k_row_stride, k_head_stride;
+    int64_t v_batch_stride, v_row_stride, v_head_stride;
+    int64_t o_batch_stride, o_row_stride, o_head_stride;
+    int64_t do_batch_stride, do_row_stride, do_head_stride;
+    int64_t dq_batch_stride, dq_row_stride, dq_head_stride;
+    int64_t dk_batch_stride, dk_row_stride, dk_head_stride;
+    int64_t dv_batch_stride, dv_row_stride, dv_head_stride;
+    int32_t batch;
+    int32_t heads_q;
+    int32_t heads_kv;
+    int32_t len_q;
+    int32_t len_k;
+    int32_t len_q_pad;          /* len_q rounded up to BLOCK_M: the row count of lse2 and delta */
+    int32_t head_dim;
+    float scale;                /* softmax scale of the forward */
+    float scale_log2;           /* scale * log2(e) */
+} MaskattnBwdParams;
 
 #endif /* MASKATTN_PARAMS_H */

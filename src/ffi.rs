@@ -14,6 +14,7 @@ pub const MASKATTN_FWD_BLOCK_N_D128: u32 = 32;
 pub const MASKATTN_FWD_SMEM_D64: u32 = 51456;
 pub const MASKATTN_FWD_SMEM_D96: u32 = 76032;
 pub const MASKATTN_FWD_SMEM_D128: u32 = 67840;
+pub const MASKATTN_SELECT_BLOCK: u32 = 128;
 pub const MASKATTN_XATTN_SCORE_THREADS: u32 = 128;
 pub const MASKATTN_XATTN_SCORE_ROWS: u32 = 64;
 pub const MASKATTN_XATTN_SCORE_COLS: u32 = 64;
@@ -22,6 +23,20 @@ pub const MASKATTN_XATTN_SCORE_SMEM_D96: u32 = 53760;
 pub const MASKATTN_XATTN_SCORE_SMEM_D128: u32 = 70144;
 pub const MASKATTN_XATTN_SELECT_THREADS: u32 = 256;
 pub const MASKATTN_XATTN_SELECT_MAX_KEY_BLOCKS: u32 = 8192;
+pub const MASKATTN_BWD_THREADS: u32 = 256;
+pub const MASKATTN_BWD_BLOCK_M: u32 = 64;
+pub const MASKATTN_BWD_BLOCK_N: u32 = 128;
+pub const MASKATTN_BWD_SMEM_D64: u32 = 84992;
+pub const MASKATTN_BWD_SMEM_D96: u32 = 117760;
+pub const MASKATTN_BWD_SMEM_D128: u32 = 150528;
+pub const MASKATTN_BWD_DQ_THREADS: u32 = 128;
+pub const MASKATTN_BWD_DQ_BLOCK_M: u32 = 64;
+pub const MASKATTN_BWD_DQ_BLOCK_N: u32 = 64;
+pub const MASKATTN_BWD_DQ_SMEM_D64: u32 = 50432;
+pub const MASKATTN_BWD_DQ_SMEM_D96: u32 = 75008;
+pub const MASKATTN_BWD_DQ_SMEM_D128: u32 = 99584;
+pub const MASKATTN_BWD_ROW_THREADS: u32 = 256;
+pub const MASKATTN_BWD_ROWS_PER_CTA: u32 = 16;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct MaskattnTileSummary {
@@ -75,10 +90,12 @@ pub struct MaskattnFwdParams {
     pub head_dim: i32,
     pub scale: f32,
     pub scale_log2: f32,
+    pub block_select: *const u8,
+    pub select_k_blocks: i32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of MaskattnFwdParams"][::std::mem::size_of::<MaskattnFwdParams>() - 184usize];
+    ["Size of MaskattnFwdParams"][::std::mem::size_of::<MaskattnFwdParams>() - 200usize];
     ["Alignment of MaskattnFwdParams"][::std::mem::align_of::<MaskattnFwdParams>() - 8usize];
     ["Offset of field: MaskattnFwdParams::q"][::std::mem::offset_of!(MaskattnFwdParams, q) - 0usize];
     ["Offset of field: MaskattnFwdParams::k"][::std::mem::offset_of!(MaskattnFwdParams, k) - 8usize];
@@ -120,6 +137,10 @@ const _: () = {
     ["Offset of field: MaskattnFwdParams::scale"][::std::mem::offset_of!(MaskattnFwdParams, scale) - 176usize];
     ["Offset of field: MaskattnFwdParams::scale_log2"]
         [::std::mem::offset_of!(MaskattnFwdParams, scale_log2) - 180usize];
+    ["Offset of field: MaskattnFwdParams::block_select"]
+        [::std::mem::offset_of!(MaskattnFwdParams, block_select) - 184usize];
+    ["Offset of field: MaskattnFwdParams::select_k_blocks"]
+        [::std::mem::offset_of!(MaskattnFwdParams, select_k_blocks) - 192usize];
 };
 impl Default for MaskattnFwdParams {
     fn default() -> Self {
@@ -308,6 +329,153 @@ const _: () = {
         [::std::mem::offset_of!(MaskattnXattnSelectParams, causal) - 52usize];
 };
 impl Default for MaskattnXattnSelectParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct MaskattnBwdParams {
+    pub q: *const ::std::os::raw::c_void,
+    pub k: *const ::std::os::raw::c_void,
+    pub v: *const ::std::os::raw::c_void,
+    pub o: *const ::std::os::raw::c_void,
+    pub d_out: *const ::std::os::raw::c_void,
+    pub dq: *mut ::std::os::raw::c_void,
+    pub dk: *mut ::std::os::raw::c_void,
+    pub dv: *mut ::std::os::raw::c_void,
+    pub lse: *const f32,
+    pub lse2: *mut f32,
+    pub delta: *mut f32,
+    pub dq_accum: *mut f32,
+    pub intervals: *const i32,
+    pub q_tile_summaries: *const MaskattnTileSummary,
+    pub k_tile_order: *const i32,
+    pub k_tile_walks: *const i32,
+    pub q_tile_order: *const i32,
+    pub q_batch_stride: i64,
+    pub q_row_stride: i64,
+    pub q_head_stride: i64,
+    pub k_batch_stride: i64,
+    pub k_row_stride: i64,
+    pub k_head_stride: i64,
+    pub v_batch_stride: i64,
+    pub v_row_stride: i64,
+    pub v_head_stride: i64,
+    pub o_batch_stride: i64,
+    pub o_row_stride: i64,
+    pub o_head_stride: i64,
+    pub do_batch_stride: i64,
+    pub do_row_stride: i64,
+    pub do_head_stride: i64,
+    pub dq_batch_stride: i64,
+    pub dq_row_stride: i64,
+    pub dq_head_stride: i64,
+    pub dk_batch_stride: i64,
+    pub dk_row_stride: i64,
+    pub dk_head_stride: i64,
+    pub dv_batch_stride: i64,
+    pub dv_row_stride: i64,
+    pub dv_head_stride: i64,
+    pub batch: i32,
+    pub heads_q: i32,
+    pub heads_kv: i32,
+    pub len_q: i32,
+    pub len_k: i32,
+    pub len_q_pad: i32,
+    pub head_dim: i32,
+    pub scale: f32,
+    pub scale_log2: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of MaskattnBwdParams"][::std::mem::size_of::<MaskattnBwdParams>() - 368usize];
+    ["Alignment of MaskattnBwdParams"][::std::mem::align_of::<MaskattnBwdParams>() - 8usize];
+    ["Offset of field: MaskattnBwdParams::q"][::std::mem::offset_of!(MaskattnBwdParams, q) - 0usize];
+    ["Offset of field: MaskattnBwdParams::k"][::std::mem::offset_of!(MaskattnBwdParams, k) - 8usize];
+    ["Offset of field: MaskattnBwdParams::v"][::std::mem::offset_of!(MaskattnBwdParams, v) - 16usize];
+    ["Offset of field: MaskattnBwdParams::o"][::std::mem::offset_of!(MaskattnBwdParams, o) - 24usize];
+    ["Offset of field: MaskattnBwdParams::d_out"][::std::mem::offset_of!(MaskattnBwdParams, d_out) - 32usize];
+    ["Offset of field: MaskattnBwdParams::dq"][::std::mem::offset_of!(MaskattnBwdParams, dq) - 40usize];
+    ["Offset of field: MaskattnBwdParams::dk"][::std::mem::offset_of!(MaskattnBwdParams, dk) - 48usize];
+    ["Offset of field: MaskattnBwdParams::dv"][::std::mem::offset_of!(MaskattnBwdParams, dv) - 56usize];
+    ["Offset of field: MaskattnBwdParams::lse"][::std::mem::offset_of!(MaskattnBwdParams, lse) - 64usize];
+    ["Offset of field: MaskattnBwdParams::lse2"][::std::mem::offset_of!(MaskattnBwdParams, lse2) - 72usize];
+    ["Offset of field: MaskattnBwdParams::delta"][::std::mem::offset_of!(MaskattnBwdParams, delta) - 80usize];
+    ["Offset of field: MaskattnBwdParams::dq_accum"][::std::mem::offset_of!(MaskattnBwdParams, dq_accum) - 88usize];
+    ["Offset of field: MaskattnBwdParams::intervals"][::std::mem::offset_of!(MaskattnBwdParams, intervals) - 96usize];
+    ["Offset of field: MaskattnBwdParams::q_tile_summaries"]
+        [::std::mem::offset_of!(MaskattnBwdParams, q_tile_summaries) - 104usize];
+    ["Offset of field: MaskattnBwdParams::k_tile_order"]
+        [::std::mem::offset_of!(MaskattnBwdParams, k_tile_order) - 112usize];
+    ["Offset of field: MaskattnBwdParams::k_tile_walks"]
+        [::std::mem::offset_of!(MaskattnBwdParams, k_tile_walks) - 120usize];
+    ["Offset of field: MaskattnBwdParams::q_tile_order"]
+        [::std::mem::offset_of!(MaskattnBwdParams, q_tile_order) - 128usize];
+    ["Offset of field: MaskattnBwdParams::q_batch_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, q_batch_stride) - 136usize];
+    ["Offset of field: MaskattnBwdParams::q_row_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, q_row_stride) - 144usize];
+    ["Offset of field: MaskattnBwdParams::q_head_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, q_head_stride) - 152usize];
+    ["Offset of field: MaskattnBwdParams::k_batch_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, k_batch_stride) - 160usize];
+    ["Offset of field: MaskattnBwdParams::k_row_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, k_row_stride) - 168usize];
+    ["Offset of field: MaskattnBwdParams::k_head_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, k_head_stride) - 176usize];
+    ["Offset of field: MaskattnBwdParams::v_batch_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, v_batch_stride) - 184usize];
+    ["Offset of field: MaskattnBwdParams::v_row_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, v_row_stride) - 192usize];
+    ["Offset of field: MaskattnBwdParams::v_head_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, v_head_stride) - 200usize];
+    ["Offset of field: MaskattnBwdParams::o_batch_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, o_batch_stride) - 208usize];
+    ["Offset of field: MaskattnBwdParams::o_row_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, o_row_stride) - 216usize];
+    ["Offset of field: MaskattnBwdParams::o_head_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, o_head_stride) - 224usize];
+    ["Offset of field: MaskattnBwdParams::do_batch_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, do_batch_stride) - 232usize];
+    ["Offset of field: MaskattnBwdParams::do_row_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, do_row_stride) - 240usize];
+    ["Offset of field: MaskattnBwdParams::do_head_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, do_head_stride) - 248usize];
+    ["Offset of field: MaskattnBwdParams::dq_batch_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, dq_batch_stride) - 256usize];
+    ["Offset of field: MaskattnBwdParams::dq_row_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, dq_row_stride) - 264usize];
+    ["Offset of field: MaskattnBwdParams::dq_head_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, dq_head_stride) - 272usize];
+    ["Offset of field: MaskattnBwdParams::dk_batch_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, dk_batch_stride) - 280usize];
+    ["Offset of field: MaskattnBwdParams::dk_row_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, dk_row_stride) - 288usize];
+    ["Offset of field: MaskattnBwdParams::dk_head_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, dk_head_stride) - 296usize];
+    ["Offset of field: MaskattnBwdParams::dv_batch_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, dv_batch_stride) - 304usize];
+    ["Offset of field: MaskattnBwdParams::dv_row_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, dv_row_stride) - 312usize];
+    ["Offset of field: MaskattnBwdParams::dv_head_stride"]
+        [::std::mem::offset_of!(MaskattnBwdParams, dv_head_stride) - 320usize];
+    ["Offset of field: MaskattnBwdParams::batch"][::std::mem::offset_of!(MaskattnBwdParams, batch) - 328usize];
+    ["Offset of field: MaskattnBwdParams::heads_q"][::std::mem::offset_of!(MaskattnBwdParams, heads_q) - 332usize];
+    ["Offset of field: MaskattnBwdParams::heads_kv"][::std::mem::offset_of!(MaskattnBwdParams, heads_kv) - 336usize];
+    ["Offset of field: MaskattnBwdParams::len_q"][::std::mem::offset_of!(MaskattnBwdParams, len_q) - 340usize];
+    ["Offset of field: MaskattnBwdParams::len_k"][::std::mem::offset_of!(MaskattnBwdParams, len_k) - 344usize];
+    ["Offset of field: MaskattnBwdParams::len_q_pad"][::std::mem::offset_of!(MaskattnBwdParams, len_q_pad) - 348usize];
+    ["Offset of field: MaskattnBwdParams::head_dim"][::std::mem::offset_of!(MaskattnBwdParams, head_dim) - 352usize];
+    ["Offset of field: MaskattnBwdParams::scale"][::std::mem::offset_of!(MaskattnBwdParams, scale) - 356usize];
+    ["Offset of field: MaskattnBwdParams::scale_log2"]
+        [::std::mem::offset_of!(MaskattnBwdParams, scale_log2) - 360usize];
+};
+impl Default for MaskattnBwdParams {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
         unsafe {

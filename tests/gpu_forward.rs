@@ -188,3 +188,34 @@ fn bad_inputs_are_errors_before_any_launch() {
     let other_mask = Mask::causal(10, 12).unwrap();
     assert!(matches!(gpu.attention(x.view(), x.view(), x.view(), &other_mask, None), Err(maskattn::Error::Shape(_))));
 }
+
+/// Block-sparse forward: a random XAttention-style selection ANDed with random masks,
+/// against the f64 sparse reference, within 2x the plain same-dtype error.
+#[test]
+fn block_sparse_forward_matches_the_sparse_reference() {
+    let Some(gpu) = gpu() else { return };
+    let cases = std::env::var("MASKATTN_GPU_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(150);
+    let config =
+        Config { cases, rng_seed: RngSeed::Fixed(0x7370_6172), failure_persistence: None, ..Config::default() };
+    proptest!(config, |(c in arb_case(), density in 0.0f64..1.0)| {
+        let (hq, hkv) = c.heads;
+        let (lq, lk, d) = (c.mask.len_q(), c.mask.len_k(), c.head_dim);
+        let sel = maskattn::xattention::BlockSelection::from_fn(c.batch, hq, lq, lk, false, |b, h, qb, kb| {
+            let x = (c.seed ^ ((b * 7919 + h * 104_729 + qb * 1_299_709 + kb) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            ((x >> 40) % 1000) as f64 / 1000.0 < density
+        }).unwrap();
+        let (q64, q) = rounded::<bf16>(random_array((c.batch, lq, hq, d), c.seed) * 1.5);
+        let (k64, k) = rounded::<bf16>(random_array((c.batch, lk, hkv, d), c.seed ^ 1) * 1.5);
+        let (v64, v) = rounded::<bf16>(random_array((c.batch, lk, hkv, d), c.seed ^ 2));
+        let want = maskattn::xattention::sparse_attention(q64.view(), k64.view(), v64.view(), &c.mask, &sel, None).unwrap();
+        let visible = |b, h, i, j| sel.visible(&c.mask, b, h, i, j);
+        let (plain_out, _) = common::plain_attention_where::<bf16>(&q64, &k64, &v64, 1.0 / (d as f64).sqrt(), visible);
+        let (out, lse) = gpu.attention_block_sparse(q.view(), k.view(), v.view(), &c.mask, &sel, None).unwrap();
+        let out = out.mapv(|x| x.to_f64());
+        for (g, w) in lse.iter().zip(&want.lse) {
+            prop_assert!((*w == f64::NEG_INFINITY) == (*g == f32::NEG_INFINITY), "lse {} where the reference has {}", g, w);
+        }
+        let (err, plain_err) = (max_abs_diff(&out, &want.out), max_abs_diff(&plain_out, &want.out));
+        prop_assert!(err <= 2.0 * plain_err, "out error {:e} > 2 x plain {:e}", err, plain_err);
+    });
+}

@@ -451,3 +451,34 @@ fn bad_inputs_are_errors_before_any_launch() {
     let f16_x = Array4::<f16>::zeros((1, 300, 2, 64));
     assert!(gpu.xattn_select_blocks(f16_x.view(), f16_x.view(), &cfg).is_ok());
 }
+
+/// The whole XAttention pipeline on the device (scores, selection, block-sparse
+/// attention) against the f64 sparse reference run with the selection the GPU made
+/// (selection equality itself is tested above), within 2x the plain bf16 error.
+#[test]
+fn xattention_pipeline_end_to_end() {
+    let Some(gpu) = common::gpu() else { return };
+    for (len, hq, hkv, causal) in [(1000usize, 4usize, 2usize, true), (2049, 2, 1, true), (700, 2, 2, false)] {
+        let sh = maskattn::AttnShape { batch: 1, len_q: len, len_k: len, heads_q: hq, heads_kv: hkv, head_dim: 128 };
+        let (q, k) = maskattn::cuda::xattn_structured_inputs::<half::bf16>(&sh, len as u64);
+        let v = common::random_array((1, len, hkv, 128), 5).mapv(half::bf16::from_f64);
+        let mask =
+            if causal { maskattn::Mask::causal(len, len).unwrap() } else { maskattn::Mask::full(len, len).unwrap() };
+        let cfg = maskattn::xattention::XAttnConfig { stride: 16, tau: maskattn::xattention::Tau::Scalar(0.9), causal };
+        let got = gpu.xattention_host(q.view(), k.view(), v.view(), &cfg, &mask).unwrap();
+        let f = |a: &ndarray::Array4<half::bf16>| a.mapv(f64::from);
+        let (q64, k64, v64) = (f(&q), f(&k), f(&v));
+        let want =
+            maskattn::xattention::sparse_attention(q64.view(), k64.view(), v64.view(), &mask, &got.selection, None)
+                .unwrap();
+        let sel = &got.selection;
+        let (plain, _) =
+            common::plain_attention_where::<half::bf16>(&q64, &k64, &v64, 1.0 / 128f64.sqrt(), |b, h, i, j| {
+                sel.visible(&mask, b, h, i, j)
+            });
+        let err = common::max_abs_diff(&got.out.mapv(f64::from), &want.out);
+        let plain_err = common::max_abs_diff(&plain, &want.out);
+        eprintln!("L={len} causal={causal}: density {:.3}, error {err:e} (plain {plain_err:e})", sel.density());
+        assert!(err <= 2.0 * plain_err, "L={len}: error {err:e} > 2 x plain {plain_err:e}");
+    }
+}

@@ -13,6 +13,9 @@ use crate::ffi;
 use crate::mask::Mask;
 use crate::shape::{AttnShape, Element};
 use crate::tiles::{self, TileShape};
+use crate::xattention::BlockSelection;
+
+const SELECT_BLOCK: usize = ffi::MASKATTN_SELECT_BLOCK as usize;
 
 /// Element types the kernels are compiled for: `half::f16` and `half::bf16`.
 pub trait KernelElement: Element + DeviceRepr + ValidAsZeroBits + private::Sealed {
@@ -103,6 +106,13 @@ pub struct DeviceTensor<'a, T> {
     pub layout: Layout4,
 }
 
+impl<'a, T> DeviceTensor<'a, T> {
+    /// The whole of `data` as a packed row-major tensor of `dims`.
+    pub fn contiguous(data: &'a CudaSlice<T>, dims: [usize; 4]) -> Self {
+        Self { data: data.as_view(), layout: Layout4::contiguous(dims) }
+    }
+}
+
 /// A writable `[B, L, H, D]` tensor on the device.
 #[derive(Debug)]
 pub struct DeviceTensorMut<'a, T> {
@@ -110,6 +120,13 @@ pub struct DeviceTensorMut<'a, T> {
     pub data: CudaViewMut<'a, T>,
     /// Dims and strides.
     pub layout: Layout4,
+}
+
+impl<'a, T> DeviceTensorMut<'a, T> {
+    /// The whole of `data` as a packed row-major tensor of `dims`.
+    pub fn contiguous(data: &'a mut CudaSlice<T>, dims: [usize; 4]) -> Self {
+        Self { data: data.as_view_mut(), layout: Layout4::contiguous(dims) }
+    }
 }
 
 /// A mask uploaded for the forward kernel: its row intervals and the launch order of
@@ -169,6 +186,40 @@ impl Gpu {
         out: &mut DeviceTensorMut<T>,
         lse: &mut CudaViewMut<f32>,
     ) -> Result<()> {
+        self.forward(q, k, v, mask, None, scale, out, lse)
+    }
+
+    /// [`Gpu::attention_forward`] with an XAttention block selection ANDed to the mask:
+    /// `selection` is `u8 [B][Hq][ceil(Lq/128)][ceil(Lk/128)]` (the layout of
+    /// [`BlockSelection::as_bytes`], e.g. from [`Gpu::xattn_select`]), nonzero = the
+    /// 128x128 block is computed. Unselected key tiles are skipped like EMPTY ones.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_forward_block_sparse<T: KernelElement>(
+        &self,
+        q: &DeviceTensor<T>,
+        k: &DeviceTensor<T>,
+        v: &DeviceTensor<T>,
+        mask: &DeviceMask,
+        selection: &CudaView<u8>,
+        scale: Option<f32>,
+        out: &mut DeviceTensorMut<T>,
+        lse: &mut CudaViewMut<f32>,
+    ) -> Result<()> {
+        self.forward(q, k, v, mask, Some(selection), scale, out, lse)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward<T: KernelElement>(
+        &self,
+        q: &DeviceTensor<T>,
+        k: &DeviceTensor<T>,
+        v: &DeviceTensor<T>,
+        mask: &DeviceMask,
+        selection: Option<&CudaView<u8>>,
+        scale: Option<f32>,
+        out: &mut DeviceTensorMut<T>,
+        lse: &mut CudaViewMut<f32>,
+    ) -> Result<()> {
         let sh = AttnShape::of_qkv(&q.layout.dims, &k.layout.dims, &v.layout.dims)?;
         if (sh.len_q, sh.len_k) != (mask.len_q, mask.len_k) {
             return Err(Error::Shape(format!(
@@ -188,6 +239,16 @@ impl Gpu {
         }
         if sh.batch * sh.heads_q > i32::MAX as usize {
             return Err(Error::Unsupported("batch * heads_q exceeds the grid".into()));
+        }
+        let select_k_blocks = sh.len_k.div_ceil(SELECT_BLOCK);
+        let select_len = sh.batch * sh.heads_q * sh.len_q.div_ceil(SELECT_BLOCK) * select_k_blocks;
+        if let Some(sel) = selection {
+            if sel.len() != select_len {
+                return Err(Error::Shape(format!(
+                    "the block selection holds {} bytes, B*Hq*ceil(Lq/128)*ceil(Lk/128) = {select_len}",
+                    sel.len()
+                )));
+            }
         }
         let lse_len = sh.batch * sh.heads_q * sh.len_q;
         if lse.len() < lse_len {
@@ -219,6 +280,13 @@ impl Gpu {
         let (lse_ptr, _lse_sync) = lse.device_ptr_mut(stream);
         let (iv_ptr, _iv_sync) = mask.intervals.device_ptr(stream);
         let (order_ptr, _order_sync) = mask.tile_order.device_ptr(stream);
+        let (select_ptr, _select_sync) = match selection {
+            Some(sel) => {
+                let (ptr, sync) = sel.device_ptr(stream);
+                (ptr, Some(sync))
+            }
+            None => (0, None),
+        };
         q.layout.check("q", q_ptr, q.data.len(), esize)?;
         k.layout.check("k", k_ptr, k.data.len(), esize)?;
         v.layout.check("v", v_ptr, v.data.len(), esize)?;
@@ -256,6 +324,8 @@ impl Gpu {
             head_dim: sh.head_dim as i32,
             scale,
             scale_log2: scale * std::f32::consts::LOG2_E,
+            block_select: select_ptr as *const u8,
+            select_k_blocks: select_k_blocks as i32,
         };
         if smem > 48 * 1024 {
             f.set_attribute(
@@ -288,23 +358,63 @@ impl Gpu {
         mask: &Mask,
         scale: Option<f32>,
     ) -> Result<(Array4<T>, Array3<f32>)> {
+        self.attention_host(q, k, v, mask, None, scale)
+    }
+
+    /// [`Gpu::attention`] with a block selection ANDed to the mask (see
+    /// [`Gpu::attention_forward_block_sparse`]).
+    pub fn attention_block_sparse<T: KernelElement>(
+        &self,
+        q: ArrayView4<T>,
+        k: ArrayView4<T>,
+        v: ArrayView4<T>,
+        mask: &Mask,
+        selection: &BlockSelection,
+        scale: Option<f32>,
+    ) -> Result<(Array4<T>, Array3<f32>)> {
+        self.attention_host(q, k, v, mask, Some(selection), scale)
+    }
+
+    fn attention_host<T: KernelElement>(
+        &self,
+        q: ArrayView4<T>,
+        k: ArrayView4<T>,
+        v: ArrayView4<T>,
+        mask: &Mask,
+        selection: Option<&BlockSelection>,
+        scale: Option<f32>,
+    ) -> Result<(Array4<T>, Array3<f32>)> {
         let sh = AttnShape::new(q.shape(), k.shape(), v.shape(), mask)?;
+        if let Some(sel) = selection {
+            if (sel.batch(), sel.heads(), sel.len_q(), sel.len_k()) != (sh.batch, sh.heads_q, sh.len_q, sh.len_k) {
+                return Err(Error::Shape(format!(
+                    "the selection is for B={}, H={}, Lq={}, Lk={}; q, k have B={}, Hq={}, Lq={}, Lk={}",
+                    sel.batch(),
+                    sel.heads(),
+                    sel.len_q(),
+                    sel.len_k(),
+                    sh.batch,
+                    sh.heads_q,
+                    sh.len_q,
+                    sh.len_k
+                )));
+            }
+        }
         let dims = |a: &ArrayView4<T>| <[usize; 4]>::try_from(a.shape()).expect("4-d");
         let upload = |a: &ArrayView4<T>| self.upload(a.as_standard_layout().as_slice().expect("standard layout"));
         let (dq, dk, dv) = (upload(&q)?, upload(&k)?, upload(&v)?);
         let device_mask = self.upload_mask(mask, sh.head_dim)?;
+        let device_selection = selection.map(|s| self.upload(s.as_bytes())).transpose()?;
         let mut out = self.zeros::<T>(q.len())?;
         let mut lse = self.zeros::<f32>(sh.batch * sh.heads_q * sh.len_q)?;
-        fn tensor<'a, T>(s: &'a CudaSlice<T>, dims: [usize; 4]) -> DeviceTensor<'a, T> {
-            DeviceTensor { data: s.as_view(), layout: Layout4::contiguous(dims) }
-        }
-        self.attention_forward(
-            &tensor(&dq, dims(&q)),
-            &tensor(&dk, dims(&k)),
-            &tensor(&dv, dims(&v)),
+        self.forward(
+            &DeviceTensor::contiguous(&dq, dims(&q)),
+            &DeviceTensor::contiguous(&dk, dims(&k)),
+            &DeviceTensor::contiguous(&dv, dims(&v)),
             &device_mask,
+            device_selection.as_ref().map(|s| s.as_view()).as_ref(),
             scale,
-            &mut DeviceTensorMut { data: out.as_view_mut(), layout: Layout4::contiguous(dims(&q)) },
+            &mut DeviceTensorMut::contiguous(&mut out, dims(&q)),
             &mut lse.as_view_mut(),
         )?;
         let out = Array4::from_shape_vec(dims(&q), self.download(&out)?).expect("sizes match");

@@ -3,7 +3,7 @@
 
 use cudarc::driver::{sys::CUevent_flags, CudaSlice};
 
-use super::attention::{DeviceMask, DeviceTensor, DeviceTensorMut, KernelElement, Layout4};
+use super::attention::{DeviceMask, DeviceTensor, DeviceTensorMut, KernelElement};
 use super::Gpu;
 use crate::cases::Case;
 use crate::error::Result;
@@ -66,12 +66,12 @@ impl Gpu {
         start.record(self.stream())?;
         for _ in 0..launches {
             self.attention_forward(
-                &DeviceTensor { data: bufs.q.as_view(), layout: Layout4::contiguous(bufs.q_dims) },
-                &DeviceTensor { data: bufs.k.as_view(), layout: Layout4::contiguous(bufs.kv_dims) },
-                &DeviceTensor { data: bufs.v.as_view(), layout: Layout4::contiguous(bufs.kv_dims) },
+                &DeviceTensor::contiguous(&bufs.q, bufs.q_dims),
+                &DeviceTensor::contiguous(&bufs.k, bufs.kv_dims),
+                &DeviceTensor::contiguous(&bufs.v, bufs.kv_dims),
                 mask,
                 None,
-                &mut DeviceTensorMut { data: bufs.out.as_view_mut(), layout: Layout4::contiguous(bufs.q_dims) },
+                &mut DeviceTensorMut::contiguous(&mut bufs.out, bufs.q_dims),
                 &mut bufs.lse.as_view_mut(),
             )?;
         }

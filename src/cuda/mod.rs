@@ -22,7 +22,7 @@ pub use bench::CaseBuffers;
 pub use cudarc;
 pub use device::{driver_available, Gpu};
 pub use ptxas::{kernel_resources, KernelResources, PTXAS_REPORT};
-pub use xattention::{xattn_structured_inputs, XATTN_HEAD_DIMS, XATTN_MAX_KEY_BLOCKS, XATTN_SCRATCH_BUDGET};
+pub use xattention::{xattn_structured_inputs, XAttnOutput, XATTN_HEAD_DIMS, XATTN_MAX_KEY_BLOCKS, XATTN_SCRATCH_BUDGET};
 
 impl From<cudarc::driver::DriverError> for crate::Error {
     fn from(e: cudarc::driver::DriverError) -> Self {

@@ -18,13 +18,14 @@
 //! Every input is checked before a launch (stride, tau, head dim, shapes, strides,
 //! alignment, buffer bounds); a bad call is an error value.
 
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use ndarray::{Array4, ArrayView4};
 
-use super::attention::{DeviceTensor, KernelElement, Layout4};
+use super::attention::{DeviceMask, DeviceTensor, DeviceTensorMut, KernelElement, Layout4};
 use super::Gpu;
 use crate::error::{invalid, Error, Result};
 use crate::ffi;
+use crate::mask::Mask;
 use crate::shape::{AttnShape, Element};
 use crate::xattention::{BlockSelection, XAttnConfig, BLOCK};
 
@@ -314,10 +315,11 @@ impl Gpu {
         let dims = |a: &ArrayView4<T>| <[usize; 4]>::try_from(a.shape()).expect("4-d");
         let upload = |a: &ArrayView4<T>| self.upload(a.as_standard_layout().as_slice().expect("standard layout"));
         let (dq, dk) = (upload(&q)?, upload(&k)?);
-        fn tensor<T>(s: &CudaSlice<T>, dims: [usize; 4]) -> DeviceTensor<'_, T> {
-            DeviceTensor { data: s.as_view(), layout: Layout4::contiguous(dims) }
-        }
-        let scores = self.xattn_block_scores(&tensor(&dq, dims(&q)), &tensor(&dk, dims(&k)), cfg)?;
+        let scores = self.xattn_block_scores(
+            &DeviceTensor::contiguous(&dq, dims(&q)),
+            &DeviceTensor::contiguous(&dk, dims(&k)),
+            cfg,
+        )?;
         let sel = self.xattn_select(&scores, sh.batch, sh.heads_q, cfg, sh.len_q, sh.len_k)?;
         let (nqb, nkb) = (sh.len_q.div_ceil(BLOCK), sh.len_k.div_ceil(BLOCK));
         let scores =
@@ -325,6 +327,82 @@ impl Gpu {
         let sel =
             BlockSelection::from_bytes(sh.batch, sh.heads_q, sh.len_q, sh.len_k, cfg.causal, self.download(&sel)?)?;
         Ok((scores, sel))
+    }
+}
+
+/// What [`Gpu::xattention_host`] returns.
+#[derive(Debug, Clone)]
+pub struct XAttnOutput<T> {
+    /// Attention output `[B, Lq, Hq, D]`.
+    pub out: Array4<T>,
+    /// LSE `[B, Hq, Lq]`, natural log.
+    pub lse: ndarray::Array3<f32>,
+    /// The blocks that were computed (ANDed with the mask), for inspection.
+    pub selection: BlockSelection,
+}
+
+impl Gpu {
+    /// XAttention end to end on the device: block scores ([`Gpu::xattn_block_scores`]),
+    /// selection ([`Gpu::xattn_select`]) and block-sparse attention with the selection
+    /// ANDed to `mask` ([`Gpu::attention_forward_block_sparse`]; K and V shared by the
+    /// GQA group, no copies). Returns the device selection `u8 [B][Hq][nQb][nKb]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn xattention<T: KernelElement>(
+        &self,
+        q: &DeviceTensor<T>,
+        k: &DeviceTensor<T>,
+        v: &DeviceTensor<T>,
+        cfg: &XAttnConfig,
+        mask: &DeviceMask,
+        out: &mut DeviceTensorMut<T>,
+        lse: &mut CudaViewMut<f32>,
+    ) -> Result<CudaSlice<u8>> {
+        let sh = AttnShape::of_qkv(&q.layout.dims, &k.layout.dims, &v.layout.dims)?;
+        let scores = self.xattn_block_scores(q, k, cfg)?;
+        let selection = self.xattn_select(&scores, sh.batch, sh.heads_q, cfg, sh.len_q, sh.len_k)?;
+        self.attention_forward_block_sparse(q, k, v, mask, &selection.as_view(), None, out, lse)?;
+        Ok(selection)
+    }
+
+    /// [`Gpu::xattention`] from host arrays to host results.
+    pub fn xattention_host<T: KernelElement>(
+        &self,
+        q: ArrayView4<T>,
+        k: ArrayView4<T>,
+        v: ArrayView4<T>,
+        cfg: &XAttnConfig,
+        mask: &Mask,
+    ) -> Result<XAttnOutput<T>> {
+        let sh = AttnShape::new(q.shape(), k.shape(), v.shape(), mask)?;
+        cfg.validate_heads(sh.heads_q)?;
+        let dims = |a: &ArrayView4<T>| <[usize; 4]>::try_from(a.shape()).expect("4-d");
+        let upload = |a: &ArrayView4<T>| self.upload(a.as_standard_layout().as_slice().expect("standard layout"));
+        let (dq, dk, dv) = (upload(&q)?, upload(&k)?, upload(&v)?);
+        let device_mask = self.upload_mask(mask, sh.head_dim)?;
+        let mut out = self.zeros::<T>(q.len())?;
+        let mut lse = self.zeros::<f32>(sh.batch * sh.heads_q * sh.len_q)?;
+        let selection = self.xattention(
+            &DeviceTensor::contiguous(&dq, dims(&q)),
+            &DeviceTensor::contiguous(&dk, dims(&k)),
+            &DeviceTensor::contiguous(&dv, dims(&v)),
+            cfg,
+            &device_mask,
+            &mut DeviceTensorMut::contiguous(&mut out, dims(&q)),
+            &mut lse.as_view_mut(),
+        )?;
+        Ok(XAttnOutput {
+            out: Array4::from_shape_vec(dims(&q), self.download(&out)?).expect("sizes match"),
+            lse: ndarray::Array3::from_shape_vec((sh.batch, sh.heads_q, sh.len_q), self.download(&lse)?)
+                .expect("sizes match"),
+            selection: BlockSelection::from_bytes(
+                sh.batch,
+                sh.heads_q,
+                sh.len_q,
+                sh.len_k,
+                cfg.causal,
+                self.download(&selection)?,
+            )?,
+        })
     }
 }
 

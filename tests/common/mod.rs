@@ -96,6 +96,18 @@ pub fn plain_attention<T: maskattn::Element>(
     mask: &Mask,
     scale: f64,
 ) -> (Array4<f64>, ndarray::Array3<f64>) {
+    plain_attention_where::<T>(q, k, v, scale, |_, _, i, j| mask.is_visible(i, j))
+}
+
+/// [`plain_attention`] with any mask `visible(batch, head, q, k)` (e.g. a mask ANDed
+/// with a block selection).
+pub fn plain_attention_where<T: maskattn::Element>(
+    q: &Array4<f64>,
+    k: &Array4<f64>,
+    v: &Array4<f64>,
+    scale: f64,
+    visible: impl Fn(usize, usize, usize, usize) -> bool,
+) -> (Array4<f64>, ndarray::Array3<f64>) {
     let r = |x: f64| T::from_f64(x).to_f64();
     let (b, lq, hq, d) = q.dim();
     let (hkv, lk) = (k.dim().2, k.dim().1);
@@ -105,7 +117,7 @@ pub fn plain_attention<T: maskattn::Element>(
         for h in 0..hq {
             let hk = h / (hq / hkv);
             for i in 0..lq {
-                let keys: Vec<usize> = (0..lk).filter(|&j| mask.is_visible(i, j)).collect();
+                let keys: Vec<usize> = (0..lk).filter(|&j| visible(bi, h, i, j)).collect();
                 if keys.is_empty() {
                     continue;
                 }
