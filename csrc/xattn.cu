@@ -33,7 +33,7 @@
 // first, then by descending score while kept < tau * mass), so on the same f32
 // scores the selection is bit-for-bit the reference's.
 #include "params.h"
-#include "xattn/ptx.cuh"
+#include "fwd/mma.cuh"
 
 namespace maskattn {
 namespace xattn {
@@ -111,7 +111,7 @@ __device__ __forceinline__ void block_scores_cta(const MaskattnXattnScoreParams 
 #pragma unroll
         for (int x = 0; x < 4; ++x) acc[nf][x] = 0.f;
 
-    const uint32_t s_base = smem_addr(xattn_smem);
+    const uint32_t s_base = fwd::smem_u32(xattn_smem);
     // Stage `step % 2` <- Q_t rows of the CTA and K_t rows of chunk c (step = c*S + t).
     // Four threads per row, each copying kPieces contiguous 16-byte pieces; a pass
     // covers 32 rows: passes 0-1 the Q tile, 2-3 the K tile.
@@ -137,32 +137,32 @@ __device__ __forceinline__ void block_scores_cta(const MaskattnXattnScoreParams 
             }
 #pragma unroll
             for (int x = 0; x < kPieces; ++x)
-                cp_async_16_zfill(stage + (pass * 32 * kPitch + x * 8) * 2, src + x * 8, valid);
+                fwd::cp_async_16(stage + (pass * 32 * kPitch + x * 8) * 2, src + x * 8, valid);
         }
     };
 
     if (n_chunks > 0) load_step(0);
-    cp_async_commit_group();
+    fwd::cp_async_commit();
     for (int32_t c = 0; c < n_chunks; ++c) {
 #pragma unroll 1
         for (int t = 0; t < S; ++t) {
             const int32_t step = c * S + t;
             if (step + 1 < n_chunks * S) load_step(step + 1);
-            cp_async_commit_group();  // possibly empty: keeps the group count uniform
-            cp_async_wait_group<1>(); // this step's tiles have landed (for this thread)
+            fwd::cp_async_commit();  // possibly empty: keeps the group count uniform
+            fwd::cp_async_wait<1>(); // this step's tiles have landed (for this thread)
             __syncthreads();          // ... and for every thread
             const uint32_t sQ = s_base + (step % 2) * Smem::kStageBytes;
             const uint32_t sK = sQ + kRows * kPitch * 2;
 #pragma unroll
             for (int kk = 0; kk < D / 16; ++kk) {
                 uint32_t a[4];
-                ldsm_x4(a, sQ + ((warp * 16 + lane % 16) * kPitch + kk * 16 + (lane / 16) * 8) * 2);
+                fwd::ldmatrix_x4(a, sQ + ((warp * 16 + lane % 16) * kPitch + kk * 16 + (lane / 16) * 8) * 2);
 #pragma unroll
                 for (int nf = 0; nf < NF; nf += 2) {
                     uint32_t bf[4];  // b0, b1 of fragment nf, then of nf + 1
-                    ldsm_x4(bf, sK + ((nf * 8 + (lane / 16) * 8 + lane % 8) * kPitch + kk * 16 + ((lane / 8) % 2) * 8) * 2);
-                    mma_m16n8k16<Elem>(acc[nf], a, bf[0], bf[1]);
-                    mma_m16n8k16<Elem>(acc[nf + 1], a, bf[2], bf[3]);
+                    fwd::ldmatrix_x4(bf, sK + ((nf * 8 + (lane / 16) * 8 + lane % 8) * kPitch + kk * 16 + ((lane / 8) % 2) * 8) * 2);
+                    fwd::mma_16816<Elem>(acc[nf], a, bf[0], bf[1]);
+                    fwd::mma_16816<Elem>(acc[nf + 1], a, bf[2], bf[3]);
                 }
             }
             __syncthreads();  // every warp is done with this stage before step + 2 refills it

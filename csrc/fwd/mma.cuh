@@ -1,4 +1,5 @@
-// PTX wrappers of the sm_80 instructions the forward kernel is built from:
+// PTX wrappers of the sm_80 instructions the kernels (forward, backward, XAttention
+// scoring) are built from:
 // cp.async (global -> shared, bypassing registers), ldmatrix (shared -> mma
 // fragments) and mma.sync m16n8k16 with f32 accumulation. They also run on sm_90
 // and later, where the Hopper-only paths (wgmma, TMA) would be separate kernels.

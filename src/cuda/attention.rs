@@ -61,7 +61,7 @@ impl Layout4 {
     }
 
     /// Checks what the kernels rely on for a buffer of `len` elements at `ptr`.
-    fn check(&self, name: &str, ptr: u64, len: usize, elem_bytes: usize) -> Result<()> {
+    pub(crate) fn check(&self, name: &str, ptr: u64, len: usize, elem_bytes: usize) -> Result<()> {
         let bad = |why: String| Err(Error::Shape(format!("{name}: {why} (layout {self:?})")));
         if self.dims.contains(&0) {
             return bad("empty dimension".into());
@@ -82,7 +82,7 @@ impl Layout4 {
     }
 
     /// Distinct (b, l, h) rows of D elements never overlap: needed for outputs.
-    fn check_disjoint(&self, name: &str) -> Result<()> {
+    pub(crate) fn check_disjoint(&self, name: &str) -> Result<()> {
         let mut dims: Vec<(usize, usize)> =
             (0..3).map(|i| (self.strides[i], self.dims[i])).filter(|&(_, n)| n > 1).collect();
         dims.sort();
@@ -386,19 +386,7 @@ impl Gpu {
     ) -> Result<(Array4<T>, Array3<f32>)> {
         let sh = AttnShape::new(q.shape(), k.shape(), v.shape(), mask)?;
         if let Some(sel) = selection {
-            if (sel.batch(), sel.heads(), sel.len_q(), sel.len_k()) != (sh.batch, sh.heads_q, sh.len_q, sh.len_k) {
-                return Err(Error::Shape(format!(
-                    "the selection is for B={}, H={}, Lq={}, Lk={}; q, k have B={}, Hq={}, Lq={}, Lk={}",
-                    sel.batch(),
-                    sel.heads(),
-                    sel.len_q(),
-                    sel.len_k(),
-                    sh.batch,
-                    sh.heads_q,
-                    sh.len_q,
-                    sh.len_k
-                )));
-            }
+            sel.check_shape(&sh)?;
         }
         let dims = |a: &ArrayView4<T>| <[usize; 4]>::try_from(a.shape()).expect("4-d");
         let upload = |a: &ArrayView4<T>| self.upload(a.as_standard_layout().as_slice().expect("standard layout"));
@@ -449,7 +437,13 @@ mod tests {
         // Rows that overlap (row stride 8 < D) cannot be written in parallel.
         let overlapping = Layout4 { dims: [1, 10, 1, 64], strides: [640, 8, 640, 1] };
         assert!(overlapping.check_disjoint("out").is_err());
+        // Broadcast heads: a fine input (one buffer read by every head), not an output.
         let broadcast_heads = Layout4 { dims: [1, 10, 4, 64], strides: [640, 64, 0, 1] };
+        assert!(broadcast_heads.check("k", 0, 640, 2).is_ok());
         assert!(broadcast_heads.check_disjoint("out").is_err());
+        // Q and K heads of a fused [B, L, 3, H, D] buffer seen as 2H heads: disjoint rows.
+        let fused = Layout4 { dims: [2, 10, 8, 64], strides: [10 * 12 * 64, 12 * 64, 64, 1] };
+        assert!(fused.check("qk", 0, 2 * 10 * 12 * 64, 2).is_ok());
+        assert!(fused.check_disjoint("qk").is_ok());
     }
 }

@@ -214,63 +214,9 @@ fn check_host_positions(positions: &[f64]) -> Result<()> {
     }
 }
 
-/// What the kernel relies on for a tensor it rewrites in place: non-empty dims,
-/// contiguous last dim, other strides multiples of 8 elements, 16-byte aligned start,
-/// every addressed element inside the buffer and no two rows overlapping.
+/// What the kernel relies on for a tensor it rewrites in place: the input checks of
+/// every kernel, and no two rows overlapping.
 fn check_layout(name: &str, layout: &Layout4, ptr: u64, len: usize, elem_bytes: usize) -> Result<()> {
-    let bad = |why: String| Err(Error::Shape(format!("{name}: {why} (layout {layout:?})")));
-    if layout.dims.contains(&0) {
-        return bad("empty dimension".into());
-    }
-    if layout.strides[3] != 1 {
-        return bad("the head dimension must be contiguous (stride 1)".into());
-    }
-    if layout.strides[..3].iter().any(|s| s % 8 != 0) {
-        return bad("batch, row and head strides must be multiples of 8 elements".into());
-    }
-    if ptr % 16 != 0 {
-        return bad(format!("device address {ptr:#x} is not 16-byte aligned"));
-    }
-    let span = layout
-        .dims
-        .iter()
-        .zip(layout.strides)
-        .try_fold(1usize, |acc, (&n, s)| acc.checked_add((n - 1).checked_mul(s)?));
-    match span {
-        Some(span) if span <= len && span.checked_mul(elem_bytes).is_some() => {}
-        _ => return bad(format!("addresses past the end of its buffer of {len} elements")),
-    }
-    let mut dims: Vec<(usize, usize)> =
-        (0..3).map(|i| (layout.strides[i], layout.dims[i])).filter(|&(_, n)| n > 1).collect();
-    dims.sort();
-    let mut extent = layout.dims[3];
-    for (stride, n) in dims {
-        if stride < extent {
-            return bad("rows overlap, so they cannot be rotated in place".into());
-        }
-        extent = stride * n;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{check_layout, Layout4};
-
-    #[test]
-    fn layouts_the_rope_kernel_cannot_rewrite_are_rejected() {
-        let ok = Layout4::contiguous([2, 10, 4, 64]);
-        assert!(check_layout("x", &ok, 256, 2 * 10 * 4 * 64, 2).is_ok());
-        assert!(check_layout("x", &ok, 256, 2 * 10 * 4 * 64 - 1, 2).is_err(), "buffer too short");
-        assert!(check_layout("x", &ok, 264, 2 * 10 * 4 * 64, 2).is_err(), "misaligned");
-        let odd_stride = Layout4 { dims: [1, 10, 1, 64], strides: [640, 68, 64, 1] };
-        assert!(check_layout("x", &odd_stride, 0, 1 << 20, 2).is_err());
-        let overlapping = Layout4 { dims: [1, 10, 1, 64], strides: [640, 8, 640, 1] };
-        assert!(check_layout("x", &overlapping, 0, 1 << 20, 2).is_err());
-        let broadcast = Layout4 { dims: [1, 10, 4, 64], strides: [640, 64, 0, 1] };
-        assert!(check_layout("x", &broadcast, 0, 1 << 20, 2).is_err());
-        // Q and K heads of a fused [B, L, 3, H, D] buffer, seen as 2H heads.
-        let fused = Layout4 { dims: [2, 10, 8, 64], strides: [10 * 12 * 64, 12 * 64, 64, 1] };
-        assert!(check_layout("x", &fused, 0, 2 * 10 * 12 * 64, 2).is_ok());
-    }
+    layout.check(name, ptr, len, elem_bytes)?;
+    layout.check_disjoint(name)
 }

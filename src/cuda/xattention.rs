@@ -46,35 +46,6 @@ const DYNAMIC_SMEM_ATTR: cudarc::driver::sys::CUfunction_attribute =
 unsafe impl DeviceRepr for ffi::MaskattnXattnScoreParams {}
 unsafe impl DeviceRepr for ffi::MaskattnXattnSelectParams {}
 
-/// Checks what the scoring kernel relies on for an input `[B, L, H, D]` tensor of
-/// 2-byte elements in a buffer of `len` elements at device address `ptr`: no empty
-/// dim, contiguous last dim, other strides multiples of 8 elements (16-byte copies),
-/// a 16-byte aligned base, every addressed element inside the buffer.
-fn check_input_layout(name: &str, layout: &Layout4, ptr: u64, len: usize) -> Result<()> {
-    let bad = |why: String| Err(Error::Shape(format!("{name}: {why} (layout {layout:?})")));
-    if layout.dims.contains(&0) {
-        return bad("empty dimension".into());
-    }
-    if layout.strides[3] != 1 {
-        return bad("the head dimension must be contiguous (stride 1)".into());
-    }
-    if layout.strides[..3].iter().any(|s| s % 8 != 0) {
-        return bad("batch, row and head strides must be multiples of 8 elements".into());
-    }
-    if ptr % 16 != 0 {
-        return bad(format!("device address {ptr:#x} is not 16-byte aligned"));
-    }
-    let span = layout
-        .dims
-        .iter()
-        .zip(layout.strides)
-        .try_fold(1usize, |acc, (&n, s)| acc.checked_add((n - 1).checked_mul(s)?));
-    match span {
-        Some(span) if span <= len && span.checked_mul(2).is_some() => Ok(()),
-        _ => bad(format!("addresses past the end of its buffer of {len} elements")),
-    }
-}
-
 fn to_i32(what: &str, n: usize) -> Result<i32> {
     i32::try_from(n).map_err(|_| Error::Unsupported(format!("{what} = {n} exceeds the kernels' 32-bit indices")))
 }
@@ -146,8 +117,8 @@ impl Gpu {
         let stream = self.stream();
         let (q_ptr, _q_sync) = q.data.device_ptr(stream);
         let (k_ptr, _k_sync) = k.data.device_ptr(stream);
-        check_input_layout("q", &q.layout, q_ptr, q.data.len())?;
-        check_input_layout("k", &k.layout, k_ptr, k.data.len())?;
+        q.layout.check("q", q_ptr, q.data.len(), 2)?;
+        k.layout.check("k", k_ptr, k.data.len(), 2)?;
         let (scores_ptr, _scores_sync) = scores.device_ptr_mut(stream);
         let (scratch_ptr, _scratch_sync) = scratch.device_ptr_mut(stream);
         if smem > 48 * 1024 {
@@ -501,25 +472,8 @@ impl SplitMix {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_input_layout, xattn_structured_inputs, Layout4};
+    use super::xattn_structured_inputs;
     use crate::shape::AttnShape;
-
-    #[test]
-    fn input_layouts_the_kernel_cannot_take_are_rejected() {
-        let ok = Layout4::contiguous([2, 100, 4, 64]);
-        assert!(check_input_layout("q", &ok, 256, 2 * 100 * 4 * 64).is_ok());
-        assert!(check_input_layout("q", &ok, 256, 2 * 100 * 4 * 64 - 1).is_err());
-        assert!(check_input_layout("q", &ok, 258, 2 * 100 * 4 * 64).is_err());
-        let odd = Layout4 { dims: [1, 10, 1, 64], strides: [640, 68, 64, 1] };
-        assert!(check_input_layout("k", &odd, 0, 1 << 20).is_err());
-        let transposed = Layout4 { dims: [1, 10, 1, 64], strides: [640, 1, 640, 10] };
-        assert!(check_input_layout("k", &transposed, 0, 1 << 20).is_err());
-        // [B, H, L, D] storage seen as [B, L, H, D], and broadcast heads, are fine inputs.
-        let bhld = Layout4 { dims: [2, 100, 4, 64], strides: [4 * 100 * 64, 64, 100 * 64, 1] };
-        assert!(check_input_layout("q", &bhld, 0, 2 * 100 * 4 * 64).is_ok());
-        let broadcast = Layout4 { dims: [1, 10, 4, 64], strides: [640, 64, 0, 1] };
-        assert!(check_input_layout("k", &broadcast, 0, 640).is_ok());
-    }
 
     #[test]
     fn structured_inputs_are_deterministic_and_bounded() {

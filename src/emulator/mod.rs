@@ -58,19 +58,7 @@ pub fn forward_block_sparse<T: Element>(
 ) -> Result<(AttentionOutput, Schedule)> {
     let sh = AttnShape::new(q.shape(), k.shape(), v.shape(), mask)?;
     if let Some(sel) = selection {
-        if (sel.batch(), sel.heads(), sel.len_q(), sel.len_k()) != (sh.batch, sh.heads_q, sh.len_q, sh.len_k) {
-            return Err(crate::Error::Shape(format!(
-                "the selection is for B={}, H={}, Lq={}, Lk={}; the inputs have B={}, Hq={}, Lq={}, Lk={}",
-                sel.batch(),
-                sel.heads(),
-                sel.len_q(),
-                sel.len_k(),
-                sh.batch,
-                sh.heads_q,
-                sh.len_q,
-                sh.len_k
-            )));
-        }
+        sel.check_shape(&sh)?;
         if tile.block_m() != BLOCK || BLOCK % tile.block_n() != 0 {
             return Err(crate::Error::Unsupported(format!(
                 "block selection with {tile:?} tiles: needs {BLOCK} x a divisor of {BLOCK}"

@@ -447,6 +447,18 @@ impl BlockSelection {
         self.len_k.div_ceil(BLOCK)
     }
 
+    /// Checks that the selection is for attention of shape `sh` (batch, query heads,
+    /// lengths): what a kernel or the emulator needs before ANDing it with a mask.
+    pub fn check_shape(&self, sh: &AttnShape) -> Result<()> {
+        if (self.batch, self.heads, self.len_q, self.len_k) == (sh.batch, sh.heads_q, sh.len_q, sh.len_k) {
+            return Ok(());
+        }
+        Err(Error::Shape(format!(
+            "the selection is for B={}, H={}, Lq={}, Lk={}; the inputs have B={}, Hq={}, Lq={}, Lk={}",
+            self.batch, self.heads, self.len_q, self.len_k, sh.batch, sh.heads_q, sh.len_q, sh.len_k
+        )))
+    }
+
     /// Does block `(qb, kb)` hold a visible (query, key) pair (module docs, definition 6)?
     pub fn is_block_visible(&self, qb: usize, kb: usize) -> bool {
         qb < self.num_q_blocks() && kb < visible_key_blocks(self.len_q, self.len_k, self.causal, qb)
