@@ -4,14 +4,20 @@
 //! time`, only the mask's visible pairs are credited, for both). Writes JSON in the
 //! peers' format (shared/peers/flex_sdpa.py) so the two can be put side by side.
 //!
+//! With `--bwd` it times the backward pass instead (preprocessing, dK/dV kernel, dQ:
+//! the atomic mode, the deterministic mode, and the atomic mode under the dense mask of
+//! the same shape), from a saved forward, crediting `10 * B * Hq * D * visible pairs`
+//! per pass (five matrix products against the forward's two), the convention of the
+//! peers' `flex_sdpa.py --bwd`, whose case names (`<case>_bwd`) it uses.
+//!
 //! ```text
-//! cargo run --release --example bench -- [--json out.json] [--hkv 32] [--d 128] [--f16] [CASE ...]
+//! cargo run --release --example bench -- [--json out.json] [--hkv 32] [--d 128] [--f16] [--bwd] [CASE ...]
 //! ```
 
 use clap::Parser;
 use half::{bf16, f16};
 use maskattn::cases::{self, Case};
-use maskattn::cuda::{CaseBuffers, Gpu, KernelElement};
+use maskattn::cuda::{BackwardCaseBuffers, CaseBuffers, Gpu, KernelElement};
 
 #[derive(Parser)]
 struct Args {
@@ -30,6 +36,9 @@ struct Args {
     /// Timed launches per measurement (after 5 warm-up launches).
     #[arg(long, default_value_t = 30)]
     iters: usize,
+    /// Time the backward pass (dQ, dK, dV) instead of the forward.
+    #[arg(long)]
+    bwd: bool,
     /// The commit measured (default: $MASKATTN_COMMIT, then .gpu/COMMIT).
     #[arg(long)]
     commit: Option<String>,
@@ -40,6 +49,54 @@ struct Args {
 fn measure<T: KernelElement>(gpu: &Gpu, case: &Case, iters: usize) -> maskattn::Result<(f64, f64)> {
     let mut bufs = CaseBuffers::<T>::new(gpu, case)?;
     Ok((gpu.time_forward(&mut bufs, &case.mask, 5, iters)?, gpu.time_forward(&mut bufs, &case.dense, 5, iters)?))
+}
+
+/// Backward medians: (atomic dQ, deterministic dQ, atomic dQ under the dense mask).
+fn measure_bwd<T: KernelElement>(gpu: &Gpu, case: &Case, iters: usize) -> maskattn::Result<(f64, f64, f64)> {
+    let mut bufs = BackwardCaseBuffers::<T>::new(gpu, case)?;
+    Ok((
+        gpu.time_backward(&mut bufs, &case.mask, false, 5, iters)?,
+        gpu.time_backward(&mut bufs, &case.mask, true, 5, iters)?,
+        gpu.time_backward(&mut bufs, &case.dense, false, 5, iters)?,
+    ))
+}
+
+/// The `--bwd` run: one line and three JSON records per case.
+fn bench_bwd(gpu: &Gpu, a: &Args, names: &[String], dtype: &str) -> maskattn::Result<Vec<serde_json::Value>> {
+    let mut results = Vec::new();
+    for name in names {
+        let case = cases::case(name, a.hkv, a.d)?;
+        let (ms, det_ms, dense_ms) =
+            if a.f16 { measure_bwd::<f16>(gpu, &case, a.iters)? } else { measure_bwd::<bf16>(gpu, &case, a.iters)? };
+        // 10 * B * Hq * D * visible pairs: the forward's 4 * ... times 2.5.
+        let flops = 2.5 * case.flops(&case.mask);
+        println!(
+            "{:14} bwd maskattn {:9.3} ms {:7.1} TFLOP/s(eff) | deterministic {:9.3} ms {:7.1} | dense same shape {:9.3} ms ({:.2}x)",
+            case.name,
+            ms,
+            flops / ms / 1e9,
+            det_ms,
+            flops / det_ms / 1e9,
+            dense_ms,
+            dense_ms / ms
+        );
+        for (imp, t, note) in [
+            ("maskattn", ms, "dQ by f32 atomics"),
+            ("maskattn_deterministic", det_ms, "dQ by a separate pass, no atomics"),
+            (
+                "maskattn_dense_same_shape",
+                dense_ms,
+                "computes the dense mask's pairs; eff counts only the case mask's visible pairs",
+            ),
+        ] {
+            results.push(serde_json::json!({
+                "case": format!("{}_bwd", case.name), "impl": imp, "ms": t, "eff_tflops": flops / t / 1e9,
+                "B": case.batch, "H": case.heads_q, "Hkv": case.heads_kv, "D": case.head_dim, "dtype": dtype,
+                "Lq": case.mask.len_q(), "Lk": case.mask.len_k(), "visible_pairs": case.mask.visible_pairs(), "note": note,
+            }));
+        }
+    }
+    Ok(results)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -54,15 +111,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = gpu.name()?;
     let commit = a
         .commit
+        .clone()
         .or_else(|| std::env::var("MASKATTN_COMMIT").ok())
         .or_else(|| std::fs::read_to_string(".gpu/COMMIT").ok().map(|s| s.trim().to_string()))
         .unwrap_or_else(|| "unknown".into());
     let dtype = if a.f16 { "float16" } else { "bfloat16" };
     println!("maskattn bench on {device}, commit {commit}, {dtype}, Hkv={}, D={}", a.hkv, a.d);
     let names: Vec<String> =
-        if a.cases.is_empty() { cases::FORWARD_CASES.iter().map(|s| s.to_string()).collect() } else { a.cases };
+        if a.cases.is_empty() { cases::FORWARD_CASES.iter().map(|s| s.to_string()).collect() } else { a.cases.clone() };
     let mut results = Vec::new();
-    for name in &names {
+    if a.bwd {
+        results = bench_bwd(&gpu, &a, &names, dtype)?;
+    }
+    for name in names.iter().filter(|_| !a.bwd) {
         let case = cases::case(name, a.hkv, a.d)?;
         let (ms, dense_ms) =
             if a.f16 { measure::<f16>(&gpu, &case, a.iters)? } else { measure::<bf16>(&gpu, &case, a.iters)? };

@@ -11,6 +11,7 @@
 //! same cudarc line, so its device buffers pass through without copies.
 
 mod attention;
+mod backward;
 mod bench;
 mod device;
 mod ptxas;
@@ -18,7 +19,8 @@ mod rope;
 mod xattention;
 
 pub use attention::{DeviceMask, DeviceTensor, DeviceTensorMut, KernelElement, Layout4};
-pub use bench::CaseBuffers;
+pub use backward::{backward_tiles, DeviceBackwardMask};
+pub use bench::{BackwardCaseBuffers, CaseBuffers};
 pub use cudarc;
 pub use device::{driver_available, Gpu};
 pub use ptxas::{kernel_resources, KernelResources, PTXAS_REPORT};

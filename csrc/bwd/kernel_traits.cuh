@@ -1,0 +1,108 @@
+// Tile sizes of the backward kernels per element type and head dim. The numbers come
+// from params.h (MASKATTN_BWD_*), which the Rust launcher reads too; this file
+// derives the per-warp fragment counts and the shared-memory map, and checks that the
+// two agree.
+#pragma once
+
+#include "fwd/smem_layout.cuh"
+#include "params.h"
+
+namespace maskattn {
+namespace bwd {
+
+// The main kernel: a CTA owns BLOCK_N keys of one (batch, kv head), warp w the 16 keys
+// 16 w .. 16 w + 15 (one m16 fragment: its rows of dK and dV stay in its registers
+// for the whole walk). Per query tile of BLOCK_M rows every warp computes
+// S^T = K_w Q^T and dP^T = V_w dO^T for its 16 keys and all BLOCK_M queries, so P^T
+// and dS^T come out of the mma accumulators already in the A-operand layout of
+// dV += P^T dO and dK += dS^T Q (no shared-memory round trip). Only dQ = dS K needs
+// dS with the queries as rows: it goes through shared memory as dS^T.
+template <typename Elem_, int D>
+struct BwdTraits {
+    static_assert(D == 64 || D == 96 || D == 128, "head dims 64, 96, 128");
+    static_assert(sizeof(Elem_) == 2, "16-bit elements");
+    using Elem = Elem_;
+
+    static constexpr int kHeadDim = D;
+    static constexpr int kThreads = MASKATTN_BWD_THREADS;
+    static constexpr int kWarps = kThreads / 32;
+    static constexpr int kBlockM = MASKATTN_BWD_BLOCK_M;  // query rows per step of the walk
+    static constexpr int kBlockN = MASKATTN_BWD_BLOCK_N;  // keys per CTA
+    static constexpr int kSmemBytes = D == 64   ? MASKATTN_BWD_SMEM_D64
+                                      : D == 96 ? MASKATTN_BWD_SMEM_D96
+                                                : MASKATTN_BWD_SMEM_D128;
+    // One CTA per SM: dK and dV of 16 keys x D in registers (D / 2 + D / 2 per thread)
+    // plus S^T and dP^T (BLOCK_M / 4 each) need close to 255 registers at D = 128.
+    static constexpr int kMinBlocksPerSm = 1;
+
+    static_assert(kBlockN == 16 * kWarps, "one m16 fragment of keys per warp");
+    static constexpr int kQFrags = kBlockM / 8;  // n8 fragments of S^T (queries) per warp
+    static constexpr int kDFrags = D / 8;        // n8 fragments of dK, dV per warp
+
+    // dQ = dS K of one query tile: the warps split it into kDqRowGroups m16 row groups
+    // times kDqColSplits column ranges of kDqCols columns.
+    static constexpr int kDqRowGroups = kBlockM / 16;
+    static constexpr int kDqColSplits = kWarps / kDqRowGroups;
+    static constexpr int kDqCols = D / kDqColSplits;
+    static constexpr int kDqFrags = kDqCols / 8;
+    static_assert(kWarps % kDqRowGroups == 0 && D % (16 * kDqColSplits) == 0, "whole k16-wide dQ column blocks");
+
+    using QTile = fwd::SwizzledTile<kBlockM, D>;        // Q and dO, [query][d]
+    using KTile = fwd::SwizzledTile<kBlockN, D>;        // K and V, [key][d]
+    using DsTile = fwd::SwizzledTile<kBlockN, kBlockM>;  // dS^T, [key][query]
+
+    // Dynamic shared memory: K | V | (Q | dO) x 2 | dS^T | row data x 2.
+    static constexpr uint32_t kOffK = 0;
+    static constexpr uint32_t kOffV = KTile::kBytes;
+    static constexpr uint32_t kOffQ = 2 * KTile::kBytes;  // buffer 0; dO follows Q
+    static constexpr uint32_t kQdoBufferBytes = 2 * QTile::kBytes;
+    static constexpr uint32_t kOffDs = kOffQ + 2 * kQdoBufferBytes;
+    static constexpr uint32_t kOffRows = kOffDs + DsTile::kBytes;
+    // Per buffer: int4 intervals [BLOCK_M], float lse2 [BLOCK_M], float delta [BLOCK_M].
+    static constexpr uint32_t kRowBufferBytes = kBlockM * 24;
+    static_assert(kSmemBytes == int(kOffRows + 2 * kRowBufferBytes),
+                  "params.h MASKATTN_BWD_SMEM_* = K, V + 2 x (Q, dO) + dS^T + 2 x row data");
+    static_assert(kBlockM + kBlockM / 2 <= kThreads, "one thread per 16-byte chunk of row data");
+};
+
+// The deterministic dQ pass: the forward's schedule (a CTA per query tile walking key
+// tiles), warp w owning query rows 16 w .. 16 w + 15.
+template <typename Elem_, int D>
+struct BwdDqTraits {
+    static_assert(D == 64 || D == 96 || D == 128, "head dims 64, 96, 128");
+    static_assert(sizeof(Elem_) == 2, "16-bit elements");
+    using Elem = Elem_;
+
+    static constexpr int kHeadDim = D;
+    static constexpr int kThreads = MASKATTN_BWD_DQ_THREADS;
+    static constexpr int kWarps = kThreads / 32;
+    static constexpr int kBlockM = MASKATTN_BWD_DQ_BLOCK_M;
+    static constexpr int kBlockN = MASKATTN_BWD_DQ_BLOCK_N;
+    static constexpr int kSmemBytes = D == 64   ? MASKATTN_BWD_DQ_SMEM_D64
+                                      : D == 96 ? MASKATTN_BWD_DQ_SMEM_D96
+                                                : MASKATTN_BWD_DQ_SMEM_D128;
+    static constexpr int kMinBlocksPerSm = 2;
+
+    static constexpr int kWarpRows = kBlockM / kWarps;
+    static_assert(kWarpRows == 16, "one m16 fragment of query rows per warp");
+    static_assert(kBlockM == MASKATTN_BWD_BLOCK_M, "the main kernel's query tiles (and summaries)");
+    static constexpr int kNFrags = kBlockN / 8;
+    static constexpr int kDFrags = D / 8;
+
+    using QTile = fwd::SwizzledTile<kBlockM, D>;
+    using KTile = fwd::SwizzledTile<kBlockN, D>;
+
+    // Dynamic shared memory: Q | dO | (K | V) x 2 | intervals | CTA state.
+    static constexpr uint32_t kOffQ = 0;
+    static constexpr uint32_t kOffDo = QTile::kBytes;
+    static constexpr uint32_t kOffK = 2 * QTile::kBytes;  // buffer 0; V follows K
+    static constexpr uint32_t kKvBufferBytes = 2 * KTile::kBytes;
+    static constexpr uint32_t kOffRows = kOffK + 2 * kKvBufferBytes;
+    static constexpr uint32_t kOffCta = kOffRows + kBlockM * 16;
+    static constexpr int kCtaStateBytes = 256;
+    static_assert(kSmemBytes == int(kOffCta) + kCtaStateBytes,
+                  "params.h MASKATTN_BWD_DQ_SMEM_* = Q, dO + 2 x (K, V) + intervals + 256 bytes");
+};
+
+}  // namespace bwd
+}  // namespace maskattn

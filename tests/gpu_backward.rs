@@ -1,0 +1,466 @@
+//! GPU fuzz of the backward kernels: random batch, heads (GQA), lengths that are not
+//! tile multiples, head dims, dtypes, both dQ modes and masks of every family
+//! (including video masks of 576 and 729 tokens per frame), compared with the f64
+//! reference backward on the same rounded inputs, with O and LSE from the f64
+//! reference forward (O rounded to the dtype, LSE to f32, as a kernel's forward would
+//! hand them over). Each of dQ, dK, dV must stay within 2x the error of a plain
+//! same-dtype backward (`plain_backward`, what PyTorch's autograd of the math attention
+//! computes in that dtype), flash-attention's own criterion. The deterministic mode must
+//! also be bit-identical between two runs. 200 cases with a fixed seed;
+//! MASKATTN_GPU_FUZZ_CASES for more.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::{max_abs_diff, random_array};
+use half::{bf16, f16};
+use maskattn::cuda::{DeviceTensor, DeviceTensorMut, Gpu, KernelElement, Layout4};
+use maskattn::{reference, Element, Mask, VideoLayout};
+use ndarray::{Array3, Array4};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed};
+
+fn gpu() -> Option<&'static Gpu> {
+    static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
+    GPU.get_or_init(common::gpu).as_ref()
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    mask: Mask,
+    batch: usize,
+    heads: (usize, usize),
+    head_dim: usize,
+    bf16: bool,
+    scale: Option<f64>,
+    deterministic: bool,
+    seed: u64,
+}
+
+fn arb_case() -> impl Strategy<Value = Case> {
+    let video = (prop::sample::select(vec![576usize, 729]), 1usize..3, 0usize..100, 0usize..3).prop_map(
+        |(n, t, text, kind)| {
+            let layout: VideoLayout = format!("text:{text},frames:{t}x{n},text:{}", text / 3 + 1).parse().unwrap();
+            match kind {
+                0 => Mask::frame_block_causal(&layout).unwrap(),
+                1 => Mask::frame_block(&layout).unwrap(),
+                _ => Mask::full_visual(&layout).unwrap(),
+            }
+        },
+    );
+    let ccam = (1usize..300, 1usize..5, prop::sample::select(vec![1usize, 64, 100, 729]))
+        .prop_map(|(nq, t, n)| Mask::causal_cross(nq, t, n).unwrap());
+    let masks = prop_oneof![
+        6 => common::arb_mask(400),
+        1 => video,
+        1 => ccam,
+    ];
+    let heads = prop::sample::select(vec![(1usize, 1usize), (2, 1), (4, 2), (3, 1), (4, 4), (8, 1)]);
+    (
+        masks,
+        1usize..3,
+        heads,
+        prop::sample::select(vec![64usize, 96, 128]),
+        any::<bool>(),
+        prop::option::weighted(0.2, 0.05f64..0.5),
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_map(|(mask, batch, heads, head_dim, bf16, scale, deterministic, seed)| {
+            // Keep the f64 reference and the plain backward affordable on long masks.
+            let (batch, heads) =
+                if mask.len_q() * mask.len_k() > 200_000 { (1, (heads.0.min(2), 1)) } else { (batch, heads) };
+            Case { mask, batch, heads, head_dim, bf16, scale, deterministic, seed }
+        })
+}
+
+/// Rounds to T, returns the rounded values as f64 and as T.
+fn rounded<T: Element>(x: Array4<f64>) -> (Array4<f64>, Array4<T>) {
+    let t = x.mapv(T::from_f64);
+    (t.mapv(T::to_f64), t)
+}
+
+/// The device API on host arrays: uploads, [`Gpu::attention_backward`] with the given
+/// forward results, downloads (dq, dk, dv).
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn gpu_backward<T: KernelElement>(
+    gpu: &Gpu,
+    q: &Array4<T>,
+    k: &Array4<T>,
+    v: &Array4<T>,
+    out: &Array4<T>,
+    lse: &Array3<f32>,
+    d_out: &Array4<T>,
+    mask: &Mask,
+    scale: Option<f32>,
+    deterministic: bool,
+) -> maskattn::Result<(Array4<T>, Array4<T>, Array4<T>)> {
+    let dims = |a: &Array4<T>| <[usize; 4]>::try_from(a.shape()).unwrap();
+    let up = |a: &Array4<T>| gpu.upload(a.as_standard_layout().as_slice().unwrap());
+    let (qd, kd, vd, od, dod) = (up(q)?, up(k)?, up(v)?, up(out)?, up(d_out)?);
+    let lse_d = gpu.upload(lse.as_standard_layout().as_slice().unwrap())?;
+    let mut dq = gpu.zeros::<T>(q.len())?;
+    let mut dk = gpu.zeros::<T>(k.len())?;
+    let mut dv = gpu.zeros::<T>(k.len())?;
+    let mask_d = gpu.upload_backward_mask(mask, q.shape()[3])?;
+    fn t<T>(s: &cudarc_slice::Slice<T>, d: [usize; 4]) -> DeviceTensor<'_, T> {
+        DeviceTensor { data: s.as_view(), layout: Layout4::contiguous(d) }
+    }
+    gpu.attention_backward(
+        &t(&qd, dims(q)),
+        &t(&kd, dims(k)),
+        &t(&vd, dims(v)),
+        &t(&od, dims(q)),
+        &lse_d.as_view(),
+        &t(&dod, dims(q)),
+        &mask_d,
+        scale,
+        deterministic,
+        &mut DeviceTensorMut { data: dq.as_view_mut(), layout: Layout4::contiguous(dims(q)) },
+        &mut DeviceTensorMut { data: dk.as_view_mut(), layout: Layout4::contiguous(dims(k)) },
+        &mut DeviceTensorMut { data: dv.as_view_mut(), layout: Layout4::contiguous(dims(k)) },
+    )?;
+    let host = |s: &cudarc_slice::Slice<T>, d: [usize; 4]| Array4::from_shape_vec(d, gpu.download(s).unwrap()).unwrap();
+    Ok((host(&dq, dims(q)), host(&dk, dims(k)), host(&dv, dims(k))))
+}
+
+mod cudarc_slice {
+    pub type Slice<T> = maskattn::cuda::cudarc::driver::CudaSlice<T>;
+}
+
+/// A plain same-dtype backward, the yardstick of kernel error: what PyTorch's autograd
+/// of the math attention (`softmax(q k^T * scale + mask) v`) computes in dtype T, with
+/// f32 accumulation inside each matrix product and a rounding to T after every
+/// operation that produces a tensor:
+/// forward as `common::plain_attention` (S = r(r(q.k) * r(scale)), P = r(softmax_f32(S)));
+/// `dV = r(P^T dO)`, `dP = r(dO V^T)`, softmax backward in f32 on the T values
+/// `dS = r(P (dP - sum_j P dP))`, the scale's backward `dS' = r(dS * r(scale))`,
+/// `dQ = r(dS' K)`, `dK = r(dS'^T Q)`; with GQA each query head's dK, dV is rounded and
+/// the group's sum (the backward of the head broadcast) is rounded again.
+/// Rows with no visible key contribute nothing (PyTorch would give NaN there).
+fn plain_backward<T: Element>(
+    q: &Array4<f64>,
+    k: &Array4<f64>,
+    v: &Array4<f64>,
+    d_out: &Array4<f64>,
+    mask: &Mask,
+    scale: f64,
+) -> (Array4<f64>, Array4<f64>, Array4<f64>) {
+    let r = |x: f32| T::from_f64(x as f64).to_f64() as f32;
+    let (b, lq, hq, d) = q.dim();
+    let (lk, hkv) = (k.dim().1, k.dim().2);
+    let group = hq / hkv;
+    let rs = r(scale as f32);
+    let mut dq = Array4::<f64>::zeros((b, lq, hq, d));
+    let mut dk_sum = Array4::<f32>::zeros((b, lk, hkv, d));
+    let mut dv_sum = Array4::<f32>::zeros((b, lk, hkv, d));
+    let f = |a: &Array4<f64>| a.mapv(|x| x as f32);
+    let (q, k, v, d_out) = (f(q), f(k), f(v), f(d_out));
+    for bi in 0..b {
+        for h in 0..hq {
+            let hk = h / group;
+            let mut dk_h = vec![0f32; lk * d];
+            let mut dv_h = vec![0f32; lk * d];
+            for (i, &[s0, e0, s1, e1]) in mask.intervals().iter().enumerate() {
+                let keys: Vec<usize> = (s0..e0).chain(s1..e1).map(|j| j as usize).collect();
+                if keys.is_empty() {
+                    continue;
+                }
+                let dot = |x: &Array4<f32>, xi: usize, xh: usize, y: &Array4<f32>, yj: usize| -> f32 {
+                    (0..d).map(|c| x[[bi, xi, xh, c]] * y[[bi, yj, hk, c]]).sum()
+                };
+                let s: Vec<f32> = keys.iter().map(|&j| r(r(dot(&q, i, h, &k, j)) * rs)).collect();
+                let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
+                let sum: f32 = e.iter().sum();
+                let p: Vec<f32> = e.iter().map(|x| r(x / sum)).collect();
+                let dp: Vec<f32> = keys.iter().map(|&j| r(dot(&d_out, i, h, &v, j))).collect();
+                let pdp: f32 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
+                let ds: Vec<f32> = p.iter().zip(&dp).map(|(&pj, &dpj)| r(r(pj * (dpj - pdp)) * rs)).collect();
+                for c in 0..d {
+                    let acc: f32 = keys.iter().zip(&ds).map(|(&j, &x)| x * k[[bi, j, hk, c]]).sum();
+                    dq[[bi, i, h, c]] = r(acc) as f64;
+                }
+                for ((&j, &pj), &dsj) in keys.iter().zip(&p).zip(&ds) {
+                    for c in 0..d {
+                        dv_h[j * d + c] += pj * d_out[[bi, i, h, c]];
+                        dk_h[j * d + c] += dsj * q[[bi, i, h, c]];
+                    }
+                }
+            }
+            for j in 0..lk {
+                for c in 0..d {
+                    dk_sum[[bi, j, hk, c]] += r(dk_h[j * d + c]);
+                    dv_sum[[bi, j, hk, c]] += r(dv_h[j * d + c]);
+                }
+            }
+        }
+    }
+    (dq, dk_sum.mapv(|x| r(x) as f64), dv_sum.mapv(|x| r(x) as f64))
+}
+
+/// The criterion: the kernel's max error within twice the plain backward's, plus a
+/// floor of 1e-5 (relative to the gradient's magnitude). The floor covers the cases
+/// where the plain backward's roundings happen to be exact, e.g. rows that see a single
+/// key, where its `dS = P (dP - P dP)` is exactly 0 while the kernel's
+/// `P (dP - dO.O)` keeps f32 noise of ~1e-7 |dP|.
+fn within_plain(name: &str, got: &Array4<f64>, plain: &Array4<f64>, want: &Array4<f64>) -> Result<(), TestCaseError> {
+    prop_assert!(got.iter().all(|x| x.is_finite()), "{}: non-finite gradient", name);
+    let (err, plain_err) = (max_abs_diff(got, want), max_abs_diff(plain, want));
+    let floor = 1e-5 * (1.0 + want.iter().fold(0.0f64, |m, x| m.max(x.abs())));
+    prop_assert!(err <= 2.0 * plain_err + floor, "{} error {:e} > 2 x plain {:e} + {:e}", name, err, plain_err, floor);
+    Ok(())
+}
+
+fn bits<T: Element>(a: &Array4<T>) -> Vec<u64> {
+    a.iter().map(|x| x.to_f64().to_bits()).collect()
+}
+
+fn check<T: KernelElement>(gpu: &Gpu, c: &Case) -> Result<(), TestCaseError> {
+    let (hq, hkv) = c.heads;
+    let (lq, lk, d) = (c.mask.len_q(), c.mask.len_k(), c.head_dim);
+    let (q64, q) = rounded::<T>(random_array((c.batch, lq, hq, d), c.seed) * 1.5);
+    let (k64, k) = rounded::<T>(random_array((c.batch, lk, hkv, d), c.seed ^ 1) * 1.5);
+    let (v64, v) = rounded::<T>(random_array((c.batch, lk, hkv, d), c.seed ^ 2));
+    let (do64, d_out) = rounded::<T>(random_array((c.batch, lq, hq, d), c.seed ^ 3));
+    let fwd = reference::attention(q64.view(), k64.view(), v64.view(), &c.mask, c.scale).unwrap();
+    let out = fwd.out.mapv(T::from_f64);
+    let lse = fwd.lse.mapv(|x| x as f32);
+    let want =
+        reference::attention_backward(q64.view(), k64.view(), v64.view(), &fwd, do64.view(), &c.mask, c.scale).unwrap();
+    let scale = c.scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let (plain_dq, plain_dk, plain_dv) = plain_backward::<T>(&q64, &k64, &v64, &do64, &c.mask, scale);
+    let scale32 = c.scale.map(|s| s as f32);
+    let (dq, dk, dv) = gpu_backward(gpu, &q, &k, &v, &out, &lse, &d_out, &c.mask, scale32, c.deterministic).unwrap();
+    let f = |a: &Array4<T>| a.mapv(T::to_f64);
+    within_plain("dq", &f(&dq), &plain_dq, &want.dq)?;
+    within_plain("dk", &f(&dk), &plain_dk, &want.dk)?;
+    within_plain("dv", &f(&dv), &plain_dv, &want.dv)?;
+    if c.deterministic {
+        let (dq2, dk2, dv2) = gpu_backward(gpu, &q, &k, &v, &out, &lse, &d_out, &c.mask, scale32, true).unwrap();
+        prop_assert!(bits(&dq) == bits(&dq2), "deterministic dq differs between two runs");
+        prop_assert!(bits(&dk) == bits(&dk2) && bits(&dv) == bits(&dv2), "dk/dv differ between two runs");
+    }
+    Ok(())
+}
+
+fn fuzz_config() -> Config {
+    let cases = std::env::var("MASKATTN_GPU_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(200);
+    Config { cases, rng_seed: RngSeed::Fixed(0x6277_6421), failure_persistence: None, ..Config::default() }
+}
+
+#[test]
+fn backward_matches_the_reference_within_twice_the_plain_error() {
+    let Some(gpu) = gpu() else { return };
+    proptest!(fuzz_config(), |(c in arb_case())| {
+        if c.bf16 { check::<bf16>(gpu, &c)? } else { check::<f16>(gpu, &c)? }
+    });
+}
+
+/// A handful of small cases for compute-sanitizer (memcheck, racecheck), both dQ modes:
+/// `compute-sanitizer --tool racecheck <gpu_backward binary> --exact sanitizer_subset_bwd`.
+#[test]
+fn sanitizer_subset_bwd() {
+    let Some(gpu) = gpu() else { return };
+    let layout: VideoLayout = "text:5,frames:2x70,text:9".parse().unwrap();
+    let masks = [
+        Mask::frame_block(&layout).unwrap(),
+        Mask::causal(200, 130).unwrap(),
+        Mask::causal_cross(33, 3, 29).unwrap(),
+        Mask::from_intervals(77, vec![[0, 0, 0, 0], [3, 9, 40, 77], [0, 77, 0, 0]]).unwrap(),
+    ];
+    for (i, mask) in masks.into_iter().enumerate() {
+        for (head_dim, bf16, deterministic) in
+            [(64, true, false), (96, false, true), (128, true, true), (128, false, false)]
+        {
+            let c = Case {
+                mask: mask.clone(),
+                batch: 2,
+                heads: (4, 2),
+                head_dim,
+                bf16,
+                scale: None,
+                deterministic,
+                seed: i as u64,
+            };
+            let r = if bf16 { check::<bf16>(gpu, &c) } else { check::<f16>(gpu, &c) };
+            r.unwrap_or_else(|e| panic!("{c:?}: {e}"));
+        }
+    }
+}
+
+/// The two dQ modes agree to the accumulation order, and dK, dV (which never use
+/// atomics) are bit-identical between them.
+#[test]
+fn atomic_and_deterministic_modes_agree() {
+    let Some(gpu) = gpu() else { return };
+    let mask = Mask::frame_block_causal(&"text:33,frames:3x576,text:40".parse().unwrap()).unwrap();
+    let (b, hq, hkv, d) = (1, 4, 2, 128);
+    let (lq, lk) = (mask.len_q(), mask.len_k());
+    let (q64, q) = rounded::<bf16>(random_array((b, lq, hq, d), 21));
+    let (k64, k) = rounded::<bf16>(random_array((b, lk, hkv, d), 22));
+    let (v64, v) = rounded::<bf16>(random_array((b, lk, hkv, d), 23));
+    let (_, d_out) = rounded::<bf16>(random_array((b, lq, hq, d), 24));
+    let fwd = reference::attention(q64.view(), k64.view(), v64.view(), &mask, None).unwrap();
+    let (out, lse) = (fwd.out.mapv(bf16::from_f64), fwd.lse.mapv(|x| x as f32));
+    let a = gpu_backward(gpu, &q, &k, &v, &out, &lse, &d_out, &mask, None, false).unwrap();
+    let det = gpu_backward(gpu, &q, &k, &v, &out, &lse, &d_out, &mask, None, true).unwrap();
+    assert!(bits(&a.1) == bits(&det.1) && bits(&a.2) == bits(&det.2), "dk/dv depend on the dQ mode");
+    let (x, y) = (a.0.mapv(|e| e.to_f64()), det.0.mapv(|e| e.to_f64()));
+    let magnitude = y.iter().fold(0.0f64, |m, e| m.max(e.abs()));
+    assert!(max_abs_diff(&x, &y) <= 1e-2 * magnitude, "dq modes differ by {:e}", max_abs_diff(&x, &y));
+}
+
+/// Strided layouts (`[B, H, L, D]` storage seen as `[B, L, H, D]`, for inputs and
+/// outputs) give the contiguous layout's results bit for bit.
+#[test]
+fn strided_layouts_match_contiguous() {
+    let Some(gpu) = gpu() else { return };
+    let mask = Mask::causal_cross(100, 3, 45).unwrap();
+    let (b, hq, hkv, d) = (2, 4, 2, 64);
+    let (lq, lk) = (mask.len_q(), mask.len_k());
+    let (q64, q) = rounded::<f16>(random_array((b, lq, hq, d), 31));
+    let (k64, k) = rounded::<f16>(random_array((b, lk, hkv, d), 32));
+    let (v64, v) = rounded::<f16>(random_array((b, lk, hkv, d), 33));
+    let (_, d_out) = rounded::<f16>(random_array((b, lq, hq, d), 34));
+    let fwd = reference::attention(q64.view(), k64.view(), v64.view(), &mask, None).unwrap();
+    let (out, lse) = (fwd.out.mapv(f16::from_f64), fwd.lse.mapv(|x| x as f32));
+    let want = gpu_backward(gpu, &q, &k, &v, &out, &lse, &d_out, &mask, None, true).unwrap();
+
+    // [B, L, H, D] -> [B, H, L, D] storage, and the layout that reads it as [B, L, H, D].
+    let bhld = |a: &Array4<f16>| a.view().permuted_axes([0, 2, 1, 3]).as_standard_layout().into_owned();
+    let layout = |[b, l, h, d]: [usize; 4]| Layout4 { dims: [b, l, h, d], strides: [h * l * d, d, l * d, 1] };
+    let (qs, ks, vs, os, dos) = (bhld(&q), bhld(&k), bhld(&v), bhld(&out), bhld(&d_out));
+    let up = |a: &Array4<f16>| gpu.upload(a.as_slice().unwrap()).unwrap();
+    let (qd, kd, vd, od, dod) = (up(&qs), up(&ks), up(&vs), up(&os), up(&dos));
+    let lse_d = gpu.upload(lse.as_slice().unwrap()).unwrap();
+    let (qdims, kdims) = ([b, lq, hq, d], [b, lk, hkv, d]);
+    let (mut dq, mut dk, mut dv) =
+        (gpu.zeros::<f16>(q.len()).unwrap(), gpu.zeros::<f16>(k.len()).unwrap(), gpu.zeros::<f16>(k.len()).unwrap());
+    let mask_d = gpu.upload_backward_mask(&mask, d).unwrap();
+    gpu.attention_backward(
+        &DeviceTensor { data: qd.as_view(), layout: layout(qdims) },
+        &DeviceTensor { data: kd.as_view(), layout: layout(kdims) },
+        &DeviceTensor { data: vd.as_view(), layout: layout(kdims) },
+        &DeviceTensor { data: od.as_view(), layout: layout(qdims) },
+        &lse_d.as_view(),
+        &DeviceTensor { data: dod.as_view(), layout: layout(qdims) },
+        &mask_d,
+        None,
+        true,
+        &mut DeviceTensorMut { data: dq.as_view_mut(), layout: layout(qdims) },
+        &mut DeviceTensorMut { data: dk.as_view_mut(), layout: layout(kdims) },
+        &mut DeviceTensorMut { data: dv.as_view_mut(), layout: layout(kdims) },
+    )
+    .unwrap();
+    let back = |s: &cudarc_slice::Slice<f16>, [b, l, h, d]: [usize; 4]| {
+        Array4::from_shape_vec((b, h, l, d), gpu.download(s).unwrap()).unwrap().permuted_axes([0, 2, 1, 3])
+    };
+    assert!(bits(&back(&dq, qdims)) == bits(&want.0), "dq");
+    assert!(bits(&back(&dk, kdims)) == bits(&want.1), "dk");
+    assert!(bits(&back(&dv, kdims)) == bits(&want.2), "dv");
+}
+
+/// `Gpu::attention_grad` (the kernels' forward, then the backward) against the f64
+/// reference, within twice the error of the plain forward followed by the plain
+/// backward on its rounded output.
+#[test]
+fn attention_grad_runs_forward_then_backward() {
+    let Some(gpu) = gpu() else { return };
+    let layout: VideoLayout = "text:20,frames:2x576,text:31".parse().unwrap();
+    for (mask, deterministic) in
+        [(Mask::frame_block_causal(&layout).unwrap(), false), (Mask::causal(333, 333).unwrap(), true)]
+    {
+        let (b, hq, hkv, d) = (1, 2, 1, 96);
+        let (lq, lk) = (mask.len_q(), mask.len_k());
+        let (q64, q) = rounded::<bf16>(random_array((b, lq, hq, d), 41) * 1.5);
+        let (k64, k) = rounded::<bf16>(random_array((b, lk, hkv, d), 42) * 1.5);
+        let (v64, v) = rounded::<bf16>(random_array((b, lk, hkv, d), 43));
+        let (do64, d_out) = rounded::<bf16>(random_array((b, lq, hq, d), 44));
+        let fwd = reference::attention(q64.view(), k64.view(), v64.view(), &mask, None).unwrap();
+        let want =
+            reference::attention_backward(q64.view(), k64.view(), v64.view(), &fwd, do64.view(), &mask, None).unwrap();
+        let (plain_dq, plain_dk, plain_dv) =
+            plain_backward::<bf16>(&q64, &k64, &v64, &do64, &mask, 1.0 / (d as f64).sqrt());
+        let (dq, dk, dv) =
+            gpu.attention_grad(q.view(), k.view(), v.view(), d_out.view(), &mask, None, deterministic).unwrap();
+        let f = |a: &Array4<bf16>| a.mapv(|x| x.to_f64());
+        let run = || -> Result<(), TestCaseError> {
+            within_plain("dq", &f(&dq), &plain_dq, &want.dq)?;
+            within_plain("dk", &f(&dk), &plain_dk, &want.dk)?;
+            within_plain("dv", &f(&dv), &plain_dv, &want.dv)
+        };
+        run().unwrap_or_else(|e| panic!("{:?}: {e}", mask.kind()));
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors_before_any_launch() {
+    let Some(gpu) = gpu() else { return };
+    let mask = Mask::causal(10, 10).unwrap();
+    let x = Array4::<bf16>::zeros((1, 10, 2, 64));
+    let lse = Array3::<f32>::zeros((1, 2, 10));
+    let ok = gpu_backward(gpu, &x, &x, &x, &x, &lse, &x, &mask, None, false);
+    assert!(ok.is_ok(), "{ok:?}");
+    let wrong_dim = Array4::<bf16>::zeros((1, 10, 2, 80));
+    let wrong_len = Array4::<bf16>::zeros((1, 9, 2, 64));
+    let wrong_heads = Array4::<bf16>::zeros((1, 10, 3, 64));
+    let wdl = Array3::<f32>::zeros((1, 2, 10));
+    assert!(matches!(
+        gpu_backward(gpu, &wrong_dim, &wrong_dim, &wrong_dim, &wrong_dim, &wdl, &wrong_dim, &mask, None, false),
+        Err(maskattn::Error::Unsupported(_))
+    ));
+    assert!(matches!(
+        gpu_backward(gpu, &x, &wrong_len, &wrong_len, &x, &lse, &x, &mask, None, false),
+        Err(maskattn::Error::Shape(_))
+    ));
+    assert!(matches!(
+        gpu_backward(gpu, &x, &wrong_heads, &wrong_heads, &x, &lse, &x, &mask, None, true),
+        Err(maskattn::Error::Shape(_))
+    ));
+    assert!(matches!(
+        gpu_backward(gpu, &x, &x, &x, &wrong_len, &lse, &x, &mask, None, false),
+        Err(maskattn::Error::Shape(_))
+    ));
+    let short_lse = Array3::<f32>::zeros((1, 2, 9));
+    assert!(matches!(
+        gpu_backward(gpu, &x, &x, &x, &x, &short_lse, &x, &mask, None, false),
+        Err(maskattn::Error::Shape(_))
+    ));
+    for bad_scale in [f32::INFINITY, f32::NAN, 0.0, -0.1] {
+        assert!(
+            gpu_backward(gpu, &x, &x, &x, &x, &lse, &x, &mask, Some(bad_scale), false).is_err(),
+            "scale {bad_scale}"
+        );
+    }
+    let other_mask = Mask::causal(10, 12).unwrap();
+    assert!(matches!(
+        gpu_backward(gpu, &x, &x, &x, &x, &lse, &x, &other_mask, None, false),
+        Err(maskattn::Error::Shape(_))
+    ));
+    // A mask uploaded for another head dim.
+    let m96 = gpu.upload_backward_mask(&mask, 96).unwrap();
+    let s = gpu.upload(x.as_slice().unwrap()).unwrap();
+    let mut o1 = gpu.zeros::<bf16>(x.len()).unwrap();
+    let mut o2 = gpu.zeros::<bf16>(x.len()).unwrap();
+    let mut o3 = gpu.zeros::<bf16>(x.len()).unwrap();
+    let l = gpu.upload(lse.as_slice().unwrap()).unwrap();
+    let t = || DeviceTensor { data: s.as_view(), layout: Layout4::contiguous([1, 10, 2, 64]) };
+    let r = gpu.attention_backward(
+        &t(),
+        &t(),
+        &t(),
+        &t(),
+        &l.as_view(),
+        &t(),
+        &m96,
+        None,
+        false,
+        &mut DeviceTensorMut { data: o1.as_view_mut(), layout: Layout4::contiguous([1, 10, 2, 64]) },
+        &mut DeviceTensorMut { data: o2.as_view_mut(), layout: Layout4::contiguous([1, 10, 2, 64]) },
+        &mut DeviceTensorMut { data: o3.as_view_mut(), layout: Layout4::contiguous([1, 10, 2, 64]) },
+    );
+    assert!(matches!(r, Err(maskattn::Error::Shape(_))), "{r:?}");
+}
