@@ -161,6 +161,12 @@ impl Mask {
 
     /// No mask: every query sees every key (CrossLMM's full V2V / T2V cross-attention,
     /// or plain bidirectional attention).
+    ///
+    /// ```
+    /// let m = maskattn::Mask::full(2, 3)?;
+    /// assert_eq!(m.intervals(), &[[0, 3, 0, 0], [0, 3, 0, 0]]);
+    /// # Ok::<(), maskattn::Error>(())
+    /// ```
     pub fn full(len_q: usize, len_k: usize) -> Result<Self> {
         check_len("len_q", len_q)?;
         check_len("len_k", len_k)?;
@@ -169,6 +175,15 @@ impl Mask {
 
     /// TC-LLaVA frame-wise block causal (Fig. 3 (4)): `k <= q`, or q and k are visual
     /// tokens of the same frame. One interval per row: `[0, end of q's frame)`.
+    ///
+    /// ```
+    /// // 2 text tokens, 2 frames of 3 tokens, 1 text token.
+    /// let m = maskattn::Mask::frame_block_causal(&"text:2,frames:2x3,text:1".parse()?)?;
+    /// assert_eq!(m.intervals()[1], [0, 2, 0, 0]); // text: causal
+    /// assert_eq!(m.intervals()[2], [0, 5, 0, 0]); // first token of frame 0 sees all of it
+    /// assert_eq!(m.intervals()[6], [0, 8, 0, 0]); // last frame's tokens see through 8
+    /// # Ok::<(), maskattn::Error>(())
+    /// ```
     pub fn frame_block_causal(layout: &VideoLayout) -> Result<Self> {
         Self::from_layout(MaskKind::FrameBlockCausal, layout, |q, t| match t {
             Token::Text => vec![0..q + 1],
@@ -179,6 +194,13 @@ impl Mask {
     /// TC-LLaVA full visual (Fig. 3 (2)): `k <= q`, or q and k are both visual (any
     /// frame, any video). Needs more than two intervals for a visual query when the
     /// sequence has three or more video segments with text between them.
+    ///
+    /// ```
+    /// let m = maskattn::Mask::full_visual(&"text:2,frames:2x3,text:1".parse()?)?;
+    /// assert_eq!(m.intervals()[2], [0, 8, 0, 0]); // a visual token sees every frame
+    /// assert_eq!(m.intervals()[8], [0, 9, 0, 0]); // trailing text: causal
+    /// # Ok::<(), maskattn::Error>(())
+    /// ```
     pub fn full_visual(layout: &VideoLayout) -> Result<Self> {
         let videos = layout.videos();
         Self::from_layout(MaskKind::FullVisual, layout, |q, t| {
@@ -194,6 +216,12 @@ impl Mask {
     /// sees the text before its video segment and its own frame. Two intervals as
     /// long as no earlier video segment splits that text: a layout like
     /// `text, video, text, video` gives [`Error::TooManyIntervals`] for the second video.
+    ///
+    /// ```
+    /// let m = maskattn::Mask::frame_block(&"text:2,frames:2x3,text:1".parse()?)?;
+    /// assert_eq!(m.intervals()[6], [0, 2, 5, 8]); // frame 1: the text prefix and itself
+    /// # Ok::<(), maskattn::Error>(())
+    /// ```
     pub fn frame_block(layout: &VideoLayout) -> Result<Self> {
         let tokens = layout.tokens();
         Self::from_layout(MaskKind::FrameBlock, layout, |q, t| match t {
@@ -245,6 +273,12 @@ impl Mask {
     /// CrossLMM frame-local cross-attention: `frames` frames of `queries_per_frame`
     /// pooled tokens (the queries) each see only their own frame's
     /// `tokens_per_frame` keys. (CrossLMM's full cross-attention is [`Mask::full`].)
+    ///
+    /// ```
+    /// let m = maskattn::Mask::cross_frame_local(3, 2, 49)?; // 3 frames, 2 pooled tokens each
+    /// assert_eq!(m.intervals()[3], [49, 98, 0, 0]);
+    /// # Ok::<(), maskattn::Error>(())
+    /// ```
     pub fn cross_frame_local(frames: usize, queries_per_frame: usize, tokens_per_frame: usize) -> Result<Self> {
         check_len("frames", frames)?;
         check_len("queries_per_frame", queries_per_frame)?;
@@ -262,6 +296,13 @@ impl Mask {
     /// where `q' = q + (Lk - Lq)` (bottom-right aligned like [`Mask::causal`]). The
     /// sink keys obey causality too, as in FlexAttention's usual sink mask; for
     /// `q' >= sink - 1` this is exactly `k < sink or q' - w < k <= q'`.
+    ///
+    /// ```
+    /// let m = maskattn::Mask::sliding_window(100, 100, 10, 4)?;
+    /// assert_eq!(m.intervals()[50], [0, 4, 41, 51]); // sinks, then the last 10 keys
+    /// assert_eq!(m.intervals()[5], [0, 6, 0, 0]);
+    /// # Ok::<(), maskattn::Error>(())
+    /// ```
     pub fn sliding_window(len_q: usize, len_k: usize, window: usize, sink: usize) -> Result<Self> {
         check_len("len_q", len_q)?;
         check_len("len_k", len_k)?;
@@ -282,6 +323,12 @@ impl Mask {
     /// Packed documents (block diagonal): query and key sequences are the same
     /// concatenation of documents of the given lengths; a query sees the keys of its
     /// own document, and with `causal` only those at or before itself.
+    ///
+    /// ```
+    /// let m = maskattn::Mask::document(&[3, 4], true)?;
+    /// assert_eq!(m.intervals()[4], [3, 5, 0, 0]);
+    /// # Ok::<(), maskattn::Error>(())
+    /// ```
     pub fn document(doc_lens: &[usize], causal: bool) -> Result<Self> {
         if doc_lens.is_empty() {
             return Err(invalid("doc_lens", "no documents"));
@@ -340,6 +387,13 @@ impl Mask {
     /// Packs masks along the diagonal: sample i's queries see only sample i's keys,
     /// through its own mask. This is how batches whose samples have different layouts
     /// run as one `B = 1` sequence (varlen) with no separate code path.
+    ///
+    /// ```
+    /// use maskattn::Mask;
+    /// let packed = Mask::block_diagonal(&[Mask::causal(2, 2)?, Mask::full(1, 3)?])?;
+    /// assert_eq!(packed.intervals(), &[[0, 1, 0, 0], [0, 2, 0, 0], [2, 5, 0, 0]]);
+    /// # Ok::<(), maskattn::Error>(())
+    /// ```
     pub fn block_diagonal(masks: &[Mask]) -> Result<Self> {
         if masks.is_empty() {
             return Err(invalid("masks", "nothing to pack"));
@@ -365,6 +419,12 @@ impl Mask {
     /// renumbered from 0: what a kernel launched on a shard of the queries or keys
     /// must apply (context parallelism, ring attention). Outputs of key shards are
     /// merged through their LSE.
+    ///
+    /// ```
+    /// let m = maskattn::Mask::causal(4, 4)?.slice(2..4, 1..3)?;
+    /// assert_eq!(m.intervals(), &[[0, 2, 0, 0], [0, 2, 0, 0]]);
+    /// # Ok::<(), maskattn::Error>(())
+    /// ```
     pub fn slice(&self, rows: Range<usize>, keys: Range<usize>) -> Result<Self> {
         if rows.start >= rows.end || rows.end > self.len_q {
             return Err(invalid("rows", format!("{rows:?} is not a non-empty range inside 0..{}", self.len_q)));
