@@ -16,6 +16,9 @@ pub mod xattention;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
+#[cfg(feature = "candle")]
+pub mod candle;
+
 pub use error::{Error, Result};
 pub use mask::{Mask, MaskKind, Segment, VideoLayout};
 pub use shape::{AttnShape, DType, Element};
