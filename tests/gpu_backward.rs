@@ -40,23 +40,7 @@ struct Case {
 }
 
 fn arb_case() -> impl Strategy<Value = Case> {
-    let video = (prop::sample::select(vec![576usize, 729]), 1usize..3, 0usize..100, 0usize..3).prop_map(
-        |(n, t, text, kind)| {
-            let layout: VideoLayout = format!("text:{text},frames:{t}x{n},text:{}", text / 3 + 1).parse().unwrap();
-            match kind {
-                0 => Mask::frame_block_causal(&layout).unwrap(),
-                1 => Mask::frame_block(&layout).unwrap(),
-                _ => Mask::full_visual(&layout).unwrap(),
-            }
-        },
-    );
-    let ccam = (1usize..300, 1usize..5, prop::sample::select(vec![1usize, 64, 100, 729]))
-        .prop_map(|(nq, t, n)| Mask::causal_cross(nq, t, n).unwrap());
-    let masks = prop_oneof![
-        6 => common::arb_mask(400),
-        1 => video,
-        1 => ccam,
-    ];
+    let masks = common::arb_gpu_mask();
     let heads = prop::sample::select(vec![(1usize, 1usize), (2, 1), (4, 2), (3, 1), (4, 4), (8, 1)]);
     (
         masks,

@@ -3,6 +3,8 @@
 //! blocks, threshold, minimality, monotonicity in tau, ties), sparse attention
 //! against dense attention, and errors on bad input.
 
+mod common;
+
 use maskattn::xattention::{block_scores, select_blocks, sparse_attention, BlockSelection, Tau, XAttnConfig, BLOCK};
 use maskattn::{reference, Error, Mask};
 use ndarray::{s, Array4};
@@ -11,17 +13,9 @@ use proptest::prelude::*;
 /// Relative slack for sums taken in a different order (not a tolerance on the rule).
 const EPS: f64 = 1e-12;
 
-/// Deterministic values in [-amp, amp) (splitmix64).
+/// Deterministic values in [-amp, amp).
 fn random_array(shape: (usize, usize, usize, usize), seed: u64, amp: f64) -> Array4<f64> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0x1234_5678);
-    Array4::from_shape_simple_fn(shape, || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        ((z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * amp
-    })
+    common::random_array(shape, seed) * amp
 }
 
 /// Token-level bottom-right causal rule, written out independently of the crate.

@@ -113,13 +113,8 @@ pub fn backward<T: Element, G: Element>(
                 for h in hk * sh.group()..(hk + 1) * sh.group() {
                     for qt in walk.clone() {
                         let class = tiles::classify(&summaries[qt], keys.clone());
-                        match class {
-                            TileClass::Empty => {
-                                sched.skipped += 1;
-                                continue;
-                            }
-                            TileClass::Full => sched.full += 1,
-                            TileClass::Partial => sched.partial += 1,
+                        if !sched.record(class) {
+                            continue;
                         }
                         let rows = qt * bm..((qt + 1) * bm).min(sh.len_q);
                         let q_tile = q.slice(s![b, rows.clone(), h, ..]);

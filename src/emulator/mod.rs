@@ -31,6 +31,18 @@ pub struct Schedule {
     pub skipped: usize,
 }
 
+impl Schedule {
+    /// Counts one walked tile pair of class `class`; false when it is skipped.
+    fn record(&mut self, class: TileClass) -> bool {
+        match class {
+            TileClass::Empty => self.skipped += 1,
+            TileClass::Full => self.full += 1,
+            TileClass::Partial => self.partial += 1,
+        }
+        class != TileClass::Empty
+    }
+}
+
 /// Runs the forward kernel's schedule on the CPU; `scale` defaults to `1/sqrt(D)`.
 pub fn forward<T: Element>(
     q: ArrayView4<T>,
@@ -89,13 +101,8 @@ pub fn forward_block_sparse<T: Element>(
                     let unselected =
                         selection.is_some_and(|sel| !sel.is_selected(b, h, qt as usize, keys.start / BLOCK));
                     let class = if unselected { TileClass::Empty } else { tiles::classify(&summary, keys.clone()) };
-                    match class {
-                        TileClass::Empty => {
-                            sched.skipped += 1;
-                            continue;
-                        }
-                        TileClass::Full => sched.full += 1,
-                        TileClass::Partial => sched.partial += 1,
+                    if !sched.record(class) {
+                        continue;
                     }
                     // Keys past Lk are zero-filled by the kernel's predicated loads and
                     // masked (no interval reaches past Lk, so such tiles are PARTIAL).

@@ -56,6 +56,28 @@ pub fn arb_mask(max_len: usize) -> impl Strategy<Value = Mask> {
     ]
 }
 
+/// Masks for the GPU fuzz tests: any mask up to ~400 rows, video masks at the real
+/// 576 and 729 tokens per frame, and Video-CCAM masks.
+pub fn arb_gpu_mask() -> impl Strategy<Value = Mask> {
+    let video = (prop::sample::select(vec![576usize, 729]), 1usize..3, 0usize..100, 0usize..3).prop_map(
+        |(n, t, text, kind)| {
+            let layout: VideoLayout = format!("text:{text},frames:{t}x{n},text:{}", text / 3 + 1).parse().unwrap();
+            match kind {
+                0 => Mask::frame_block_causal(&layout).unwrap(),
+                1 => Mask::frame_block(&layout).unwrap(),
+                _ => Mask::full_visual(&layout).unwrap(),
+            }
+        },
+    );
+    let ccam = (1usize..300, 1usize..5, prop::sample::select(vec![1usize, 64, 100, 729]))
+        .prop_map(|(nq, t, n)| Mask::causal_cross(nq, t, n).unwrap());
+    prop_oneof![
+        6 => arb_mask(400),
+        1 => video,
+        1 => ccam,
+    ]
+}
+
 /// Deterministic pseudo-random values in [-1, 1) (splitmix64), so tests need no rand crate.
 pub fn random_array(shape: (usize, usize, usize, usize), seed: u64) -> Array4<f64> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
