@@ -255,8 +255,8 @@ fn demo_gpu(gpu: &maskattn::cuda::Gpu, out: &std::path::Path, iters: usize) -> R
     let (hq, d) = (32, 128);
     println!("{} | bf16, Hq=Hkv={hq}, D={d}; eff TFLOP/s = 4*B*Hq*D*visible pairs / time", gpu.name()?);
     println!(
-        "{:12} {:>6} {:>7} {:>8} {:>10} {:>8} {:>10} {:>7}",
-        "mask", "B", "Lq", "Lk", "ms", "TFLOP/s", "dense ms", "speedup"
+        "{:12} {:>6} {:>7} {:>8} {:>10} {:>8} {:>10} {:>7} {:>10}",
+        "mask", "B", "Lq", "Lk", "ms", "TFLOP/s", "dense ms", "speedup", "naive ms"
     );
     let masks = demo_masks(false)?;
     let n = masks.len();
@@ -267,8 +267,15 @@ fn demo_gpu(gpu: &maskattn::cuda::Gpu, out: &std::path::Path, iters: usize) -> R
         let mut bufs = CaseBuffers::<half::bf16>::new(gpu, &case)?;
         let ms = gpu.time_forward(&mut bufs, &case.mask, 3, iters)?;
         let dense_ms = gpu.time_forward(&mut bufs, &case.dense, 3, iters)?;
+        // The naive baseline (S = QK^T in memory, softmax, PV); "-" where its f32
+        // score matrix of one head exceeds its scratch limit.
+        let naive = match gpu.time_naive(&mut bufs, &case.mask, 1, iters.min(3)) {
+            Ok(ms) => format!("{ms:.3}"),
+            Err(maskattn::Error::Unsupported(_)) => "-".into(),
+            Err(e) => return Err(e.into()),
+        };
         println!(
-            "{:12} {:>6} {:>7} {:>8} {:>10.3} {:>8.1} {:>10.3} {:>6.2}x",
+            "{:12} {:>6} {:>7} {:>8} {:>10.3} {:>8.1} {:>10.3} {:>6.2}x {:>10}",
             name,
             batch,
             case.mask.len_q(),
@@ -276,7 +283,8 @@ fn demo_gpu(gpu: &maskattn::cuda::Gpu, out: &std::path::Path, iters: usize) -> R
             ms,
             case.flops(&case.mask) / ms / 1e9,
             dense_ms,
-            dense_ms / ms
+            dense_ms / ms,
+            naive
         );
     }
     println!("pictures in {}", out.display());

@@ -36,6 +36,11 @@ const KERNELS: &[&str] = &[
     "maskattn_bwd_dq_bf16_d128",
     "maskattn_bwd_preprocess_bf16",
     "maskattn_bwd_dq_convert_bf16",
+    "maskattn_naive_scores_f16",
+    "maskattn_naive_scores_bf16",
+    "maskattn_naive_softmax",
+    "maskattn_naive_pv_f16",
+    "maskattn_naive_pv_bf16",
 ];
 
 #[test]

@@ -160,6 +160,31 @@ impl Gpu {
         self.median_ms(warmup, iters, || self.forward_on(bufs, &device_mask))
     }
 
+    /// Median milliseconds of `iters` single calls of the naive baseline
+    /// ([`Gpu::naive_attention`]: scores, softmax and P V per head, scratch allocation
+    /// included) with `mask` on `bufs`, after `warmup` untimed ones (the mask upload is
+    /// outside the timing).
+    pub fn time_naive<T: KernelElement>(
+        &self,
+        bufs: &mut CaseBuffers<T>,
+        mask: &Mask,
+        warmup: usize,
+        iters: usize,
+    ) -> Result<f64> {
+        let intervals = self.upload(mask.as_flat())?;
+        self.median_ms(warmup, iters, || {
+            self.naive_attention(
+                &DeviceTensor::contiguous(&bufs.q, bufs.q_dims),
+                &DeviceTensor::contiguous(&bufs.k, bufs.kv_dims),
+                &DeviceTensor::contiguous(&bufs.v, bufs.kv_dims),
+                &intervals.as_view(),
+                None,
+                &mut DeviceTensorMut::contiguous(&mut bufs.out, bufs.q_dims),
+                &mut bufs.lse.as_view_mut(),
+            )
+        })
+    }
+
     /// Milliseconds of `launches` back-to-back backward passes (preprocessing, main
     /// kernel, dQ kernel; scratch allocation included, as a framework's caching
     /// allocator would serve it) with `mask` on `bufs`, between two CUDA events.

@@ -14,6 +14,7 @@ mod attention;
 mod backward;
 mod bench;
 mod device;
+mod naive;
 mod ptxas;
 mod rope;
 mod xattention;
