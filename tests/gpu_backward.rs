@@ -12,8 +12,6 @@
 
 mod common;
 
-use std::sync::OnceLock;
-
 use common::{max_abs_diff, random_array};
 use half::{bf16, f16};
 use maskattn::cuda::{DeviceTensor, DeviceTensorMut, Gpu, KernelElement, Layout4};
@@ -21,11 +19,6 @@ use maskattn::{reference, Element, Mask, VideoLayout};
 use ndarray::{Array3, Array4};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
-
-fn gpu() -> Option<&'static Gpu> {
-    static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
-    GPU.get_or_init(common::gpu).as_ref()
-}
 
 #[derive(Debug, Clone)]
 struct Case {
@@ -237,7 +230,7 @@ fn fuzz_config() -> Config {
 
 #[test]
 fn backward_matches_the_reference_within_twice_the_plain_error() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::shared_gpu() else { return };
     proptest!(fuzz_config(), |(c in arb_case())| {
         if c.bf16 { check::<bf16>(gpu, &c)? } else { check::<f16>(gpu, &c)? }
     });
@@ -247,7 +240,7 @@ fn backward_matches_the_reference_within_twice_the_plain_error() {
 /// `compute-sanitizer --tool racecheck <gpu_backward binary> --exact sanitizer_subset_bwd`.
 #[test]
 fn sanitizer_subset_bwd() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::shared_gpu() else { return };
     let layout: VideoLayout = "text:5,frames:2x70,text:9".parse().unwrap();
     let masks = [
         Mask::frame_block(&layout).unwrap(),
@@ -279,7 +272,7 @@ fn sanitizer_subset_bwd() {
 /// atomics) are bit-identical between them.
 #[test]
 fn atomic_and_deterministic_modes_agree() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::shared_gpu() else { return };
     let mask = Mask::frame_block_causal(&"text:33,frames:3x576,text:40".parse().unwrap()).unwrap();
     let (b, hq, hkv, d) = (1, 4, 2, 128);
     let (lq, lk) = (mask.len_q(), mask.len_k());
@@ -301,7 +294,7 @@ fn atomic_and_deterministic_modes_agree() {
 /// outputs) give the contiguous layout's results bit for bit.
 #[test]
 fn strided_layouts_match_contiguous() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::shared_gpu() else { return };
     let mask = Mask::causal_cross(100, 3, 45).unwrap();
     let (b, hq, hkv, d) = (2, 4, 2, 64);
     let (lq, lk) = (mask.len_q(), mask.len_k());
@@ -352,7 +345,7 @@ fn strided_layouts_match_contiguous() {
 /// backward on its rounded output.
 #[test]
 fn attention_grad_runs_forward_then_backward() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::shared_gpu() else { return };
     let layout: VideoLayout = "text:20,frames:2x576,text:31".parse().unwrap();
     for (mask, deterministic) in
         [(Mask::frame_block_causal(&layout).unwrap(), false), (Mask::causal(333, 333).unwrap(), true)]
@@ -382,7 +375,7 @@ fn attention_grad_runs_forward_then_backward() {
 
 #[test]
 fn bad_inputs_are_errors_before_any_launch() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::shared_gpu() else { return };
     let mask = Mask::causal(10, 10).unwrap();
     let x = Array4::<bf16>::zeros((1, 10, 2, 64));
     let lse = Array3::<f32>::zeros((1, 2, 10));

@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::sync::OnceLock;
-
 use common::{max_abs_diff, plain_attention, random_array};
 use half::{bf16, f16};
 use maskattn::cuda::{Gpu, KernelElement};
@@ -16,11 +14,6 @@ use maskattn::{reference, Element, Mask, VideoLayout};
 use ndarray::Array4;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
-
-fn gpu() -> Option<&'static Gpu> {
-    static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
-    GPU.get_or_init(common::gpu).as_ref()
-}
 
 #[derive(Debug, Clone)]
 struct Case {
@@ -90,7 +83,7 @@ fn fuzz_config() -> Config {
 
 #[test]
 fn forward_matches_the_reference_within_twice_the_plain_error() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::shared_gpu() else { return };
     proptest!(fuzz_config(), |(c in arb_case())| {
         if c.bf16 { check::<bf16>(gpu, &c)? } else { check::<f16>(gpu, &c)? }
     });
@@ -100,7 +93,7 @@ fn forward_matches_the_reference_within_twice_the_plain_error() {
 /// kernels down by orders of magnitude: `scripts/gpu-sanitize.sh` runs this test.
 #[test]
 fn sanitizer_subset() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::shared_gpu() else { return };
     let layout: VideoLayout = "text:5,frames:2x70,text:9".parse().unwrap();
     let masks = [
         Mask::frame_block(&layout).unwrap(),
@@ -121,7 +114,7 @@ fn sanitizer_subset() {
 /// full buffers, no copies), merged through the LSE, equals attention over all keys.
 #[test]
 fn key_shards_merge_to_the_whole() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::shared_gpu() else { return };
     let mask = Mask::frame_block_causal(&"text:33,frames:3x576,text:40".parse().unwrap()).unwrap();
     let (b, h, d, lk) = (2, 2, 128, mask.len_k());
     let (q64, q) = rounded::<bf16>(random_array((b, mask.len_q(), h, d), 7));
@@ -148,7 +141,7 @@ fn key_shards_merge_to_the_whole() {
 
 #[test]
 fn bad_inputs_are_errors_before_any_launch() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::shared_gpu() else { return };
     let mask = Mask::causal(10, 10).unwrap();
     let x = Array4::<bf16>::zeros((1, 10, 2, 64));
     let wrong_dim = Array4::<bf16>::zeros((1, 10, 2, 80));
@@ -177,7 +170,7 @@ fn bad_inputs_are_errors_before_any_launch() {
 /// against the f64 sparse reference, within 2x the plain same-dtype error.
 #[test]
 fn block_sparse_forward_matches_the_sparse_reference() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::shared_gpu() else { return };
     let cases = std::env::var("MASKATTN_GPU_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(150);
     let config =
         Config { cases, rng_seed: RngSeed::Fixed(0x7370_6172), failure_persistence: None, ..Config::default() };

@@ -8,9 +8,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
-
 use common::random_array;
 use half::{bf16, f16};
 use maskattn::cuda::{kernel_resources, xattn_structured_inputs, Gpu, KernelElement};
@@ -19,11 +16,7 @@ use maskattn::{AttnShape, Element, Error};
 use ndarray::{s, Array4};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
-
-fn gpu() -> Option<&'static Gpu> {
-    static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
-    GPU.get_or_init(common::gpu).as_ref()
-}
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 fn fuzz_config(default_cases: u32) -> Config {
     let cases = std::env::var("MASKATTN_GPU_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(default_cases);
@@ -299,7 +292,7 @@ fn report(name: &str, tally: &Tally) {
 
 #[test]
 fn scores_and_selection_match_the_reference() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::shared_gpu() else { return };
     let tally = Tally::default();
     proptest!(fuzz_config(200), |(c in arb_case())| {
         if c.bf16 { check::<bf16>(gpu, &c, &tally)?; } else { check::<f16>(gpu, &c, &tally)?; }
@@ -311,7 +304,7 @@ fn scores_and_selection_match_the_reference() {
 /// strides, causal with Lq < Lk (KV cache) and not: scores, selection, density.
 #[test]
 fn structured_inputs_at_a_few_thousand_tokens() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::shared_gpu() else { return };
     let tally = Tally::default();
     let cases = [(4096, 4096, 16, true), (3001, 3001, 8, true), (1000, 4500, 16, true), (2500, 2500, 16, false)];
     for (i, (len_q, len_k, stride, causal)) in cases.into_iter().enumerate() {
@@ -364,7 +357,7 @@ fn arb_scores() -> impl Strategy<Value = (Array4<f32>, XAttnConfig, usize, usize
 /// implementation would differ where kept and tau * mass round differently).
 #[test]
 fn selection_kernel_equals_the_reference_on_the_same_scores() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::shared_gpu() else { return };
     proptest!(fuzz_config(300), |((scores, cfg, len_q, len_k) in arb_scores())| {
         let want = select_blocks(scores.mapv(f64::from).view(), &cfg, len_q, len_k).unwrap();
         let got = gpu.xattn_select_scores(scores.view(), &cfg, len_q, len_k).unwrap();
@@ -376,7 +369,7 @@ fn selection_kernel_equals_the_reference_on_the_same_scores() {
 /// 3001 (not a power of two; Lq < Lk), with exact ties.
 #[test]
 fn selection_kernel_on_long_rows() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::shared_gpu() else { return };
     for (len_q, len_k, causal) in
         [(131072usize, 131072usize, true), (131072, 131072, false), (5000, 3001 * 128 - 5, true)]
     {
@@ -394,7 +387,7 @@ fn selection_kernel_on_long_rows() {
 /// A few small cases for compute-sanitizer (memcheck, racecheck, synccheck).
 #[test]
 fn sanitizer_subset() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::shared_gpu() else { return };
     let tally = Tally::default();
     let shapes = [(1, 1, 8, true), (200, 130, 8, true), (130, 200, 16, true), (77, 300, 16, false), (300, 77, 8, true)];
     for (i, (len_q, len_k, stride, causal)) in shapes.into_iter().enumerate() {
@@ -420,7 +413,7 @@ fn sanitizer_subset() {
 
 #[test]
 fn bad_inputs_are_errors_before_any_launch() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::shared_gpu() else { return };
     let cfg = XAttnConfig { stride: 16, tau: Tau::Scalar(0.9), causal: true };
     let x = Array4::<bf16>::zeros((1, 300, 2, 64));
     let bad_stride = XAttnConfig { stride: 4, ..cfg.clone() };

@@ -91,6 +91,13 @@ pub fn random_array(shape: (usize, usize, usize, usize), seed: u64) -> Array4<f6
     })
 }
 
+/// [`gpu`], opened once per test binary and shared by its tests.
+#[cfg(feature = "cuda")]
+pub fn shared_gpu() -> Option<&'static maskattn::cuda::Gpu> {
+    static GPU: std::sync::OnceLock<Option<maskattn::cuda::Gpu>> = std::sync::OnceLock::new();
+    GPU.get_or_init(gpu).as_ref()
+}
+
 /// The GPU for a GPU test: `None` (with a message) when there is none, unless
 /// `MASKATTN_REQUIRE_GPU=1`, which turns the absence into a failure.
 #[cfg(feature = "cuda")]
