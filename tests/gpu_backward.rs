@@ -18,7 +18,6 @@ use maskattn::cuda::{DeviceTensor, DeviceTensorMut, Gpu, KernelElement, Layout4}
 use maskattn::{reference, Element, Mask, VideoLayout};
 use ndarray::{Array3, Array4};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
 
 #[derive(Debug, Clone)]
 struct Case {
@@ -51,12 +50,6 @@ fn arb_case() -> impl Strategy<Value = Case> {
                 if mask.len_q() * mask.len_k() > 200_000 { (1, (heads.0.min(2), 1)) } else { (batch, heads) };
             Case { mask, batch, heads, head_dim, bf16, scale, deterministic, seed }
         })
-}
-
-/// Rounds to T, returns the rounded values as f64 and as T.
-fn rounded<T: Element>(x: Array4<f64>) -> (Array4<f64>, Array4<T>) {
-    let t = x.mapv(T::from_f64);
-    (t.mapv(T::to_f64), t)
 }
 
 /// The device API on host arrays: uploads, [`Gpu::attention_backward`] with the given
@@ -198,10 +191,10 @@ fn bits<T: Element>(a: &Array4<T>) -> Vec<u64> {
 fn check<T: KernelElement>(gpu: &Gpu, c: &Case) -> Result<(), TestCaseError> {
     let (hq, hkv) = c.heads;
     let (lq, lk, d) = (c.mask.len_q(), c.mask.len_k(), c.head_dim);
-    let (q64, q) = rounded::<T>(random_array((c.batch, lq, hq, d), c.seed) * 1.5);
-    let (k64, k) = rounded::<T>(random_array((c.batch, lk, hkv, d), c.seed ^ 1) * 1.5);
-    let (v64, v) = rounded::<T>(random_array((c.batch, lk, hkv, d), c.seed ^ 2));
-    let (do64, d_out) = rounded::<T>(random_array((c.batch, lq, hq, d), c.seed ^ 3));
+    let (q64, q) = common::rounded::<T>(random_array((c.batch, lq, hq, d), c.seed) * 1.5);
+    let (k64, k) = common::rounded::<T>(random_array((c.batch, lk, hkv, d), c.seed ^ 1) * 1.5);
+    let (v64, v) = common::rounded::<T>(random_array((c.batch, lk, hkv, d), c.seed ^ 2));
+    let (do64, d_out) = common::rounded::<T>(random_array((c.batch, lq, hq, d), c.seed ^ 3));
     let fwd = reference::attention(q64.view(), k64.view(), v64.view(), &c.mask, c.scale).unwrap();
     let out = fwd.out.mapv(T::from_f64);
     let lse = fwd.lse.mapv(|x| x as f32);
@@ -223,15 +216,10 @@ fn check<T: KernelElement>(gpu: &Gpu, c: &Case) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn fuzz_config() -> Config {
-    let cases = std::env::var("MASKATTN_GPU_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(200);
-    Config { cases, rng_seed: RngSeed::Fixed(0x6277_6421), failure_persistence: None, ..Config::default() }
-}
-
 #[test]
 fn backward_matches_the_reference_within_twice_the_plain_error() {
     let Some(gpu) = common::shared_gpu() else { return };
-    proptest!(fuzz_config(), |(c in arb_case())| {
+    proptest!(common::gpu_fuzz_config(200, 0x6277_6421), |(c in arb_case())| {
         if c.bf16 { check::<bf16>(gpu, &c)? } else { check::<f16>(gpu, &c)? }
     });
 }
@@ -241,13 +229,7 @@ fn backward_matches_the_reference_within_twice_the_plain_error() {
 #[test]
 fn sanitizer_subset_bwd() {
     let Some(gpu) = common::shared_gpu() else { return };
-    let layout: VideoLayout = "text:5,frames:2x70,text:9".parse().unwrap();
-    let masks = [
-        Mask::frame_block(&layout).unwrap(),
-        Mask::causal(200, 130).unwrap(),
-        Mask::causal_cross(33, 3, 29).unwrap(),
-        Mask::from_intervals(77, vec![[0, 0, 0, 0], [3, 9, 40, 77], [0, 77, 0, 0]]).unwrap(),
-    ];
+    let masks = common::sanitizer_masks();
     for (i, mask) in masks.into_iter().enumerate() {
         for (head_dim, bf16, deterministic) in
             [(64, true, false), (96, false, true), (128, true, true), (128, false, false)]
@@ -276,10 +258,10 @@ fn atomic_and_deterministic_modes_agree() {
     let mask = Mask::frame_block_causal(&"text:33,frames:3x576,text:40".parse().unwrap()).unwrap();
     let (b, hq, hkv, d) = (1, 4, 2, 128);
     let (lq, lk) = (mask.len_q(), mask.len_k());
-    let (q64, q) = rounded::<bf16>(random_array((b, lq, hq, d), 21));
-    let (k64, k) = rounded::<bf16>(random_array((b, lk, hkv, d), 22));
-    let (v64, v) = rounded::<bf16>(random_array((b, lk, hkv, d), 23));
-    let (_, d_out) = rounded::<bf16>(random_array((b, lq, hq, d), 24));
+    let (q64, q) = common::rounded::<bf16>(random_array((b, lq, hq, d), 21));
+    let (k64, k) = common::rounded::<bf16>(random_array((b, lk, hkv, d), 22));
+    let (v64, v) = common::rounded::<bf16>(random_array((b, lk, hkv, d), 23));
+    let (_, d_out) = common::rounded::<bf16>(random_array((b, lq, hq, d), 24));
     let fwd = reference::attention(q64.view(), k64.view(), v64.view(), &mask, None).unwrap();
     let (out, lse) = (fwd.out.mapv(bf16::from_f64), fwd.lse.mapv(|x| x as f32));
     let a = gpu_backward(gpu, &q, &k, &v, &out, &lse, &d_out, &mask, None, false).unwrap();
@@ -298,10 +280,10 @@ fn strided_layouts_match_contiguous() {
     let mask = Mask::causal_cross(100, 3, 45).unwrap();
     let (b, hq, hkv, d) = (2, 4, 2, 64);
     let (lq, lk) = (mask.len_q(), mask.len_k());
-    let (q64, q) = rounded::<f16>(random_array((b, lq, hq, d), 31));
-    let (k64, k) = rounded::<f16>(random_array((b, lk, hkv, d), 32));
-    let (v64, v) = rounded::<f16>(random_array((b, lk, hkv, d), 33));
-    let (_, d_out) = rounded::<f16>(random_array((b, lq, hq, d), 34));
+    let (q64, q) = common::rounded::<f16>(random_array((b, lq, hq, d), 31));
+    let (k64, k) = common::rounded::<f16>(random_array((b, lk, hkv, d), 32));
+    let (v64, v) = common::rounded::<f16>(random_array((b, lk, hkv, d), 33));
+    let (_, d_out) = common::rounded::<f16>(random_array((b, lq, hq, d), 34));
     let fwd = reference::attention(q64.view(), k64.view(), v64.view(), &mask, None).unwrap();
     let (out, lse) = (fwd.out.mapv(f16::from_f64), fwd.lse.mapv(|x| x as f32));
     let want = gpu_backward(gpu, &q, &k, &v, &out, &lse, &d_out, &mask, None, true).unwrap();
@@ -352,10 +334,10 @@ fn attention_grad_runs_forward_then_backward() {
     {
         let (b, hq, hkv, d) = (1, 2, 1, 96);
         let (lq, lk) = (mask.len_q(), mask.len_k());
-        let (q64, q) = rounded::<bf16>(random_array((b, lq, hq, d), 41) * 1.5);
-        let (k64, k) = rounded::<bf16>(random_array((b, lk, hkv, d), 42) * 1.5);
-        let (v64, v) = rounded::<bf16>(random_array((b, lk, hkv, d), 43));
-        let (do64, d_out) = rounded::<bf16>(random_array((b, lq, hq, d), 44));
+        let (q64, q) = common::rounded::<bf16>(random_array((b, lq, hq, d), 41) * 1.5);
+        let (k64, k) = common::rounded::<bf16>(random_array((b, lk, hkv, d), 42) * 1.5);
+        let (v64, v) = common::rounded::<bf16>(random_array((b, lk, hkv, d), 43));
+        let (do64, d_out) = common::rounded::<bf16>(random_array((b, lq, hq, d), 44));
         let fwd = reference::attention(q64.view(), k64.view(), v64.view(), &mask, None).unwrap();
         let want =
             reference::attention_backward(q64.view(), k64.view(), v64.view(), &fwd, do64.view(), &mask, None).unwrap();

@@ -10,10 +10,9 @@ mod common;
 use common::{max_abs_diff, plain_attention, random_array};
 use half::{bf16, f16};
 use maskattn::cuda::{Gpu, KernelElement};
-use maskattn::{reference, Element, Mask, VideoLayout};
+use maskattn::{reference, Mask};
 use ndarray::Array4;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
 
 #[derive(Debug, Clone)]
 struct Case {
@@ -46,19 +45,13 @@ fn arb_case() -> impl Strategy<Value = Case> {
         })
 }
 
-/// Rounds to T, returns the rounded values as f64 and as T.
-fn rounded<T: Element>(x: Array4<f64>) -> (Array4<f64>, Array4<T>) {
-    let t = x.mapv(T::from_f64);
-    (t.mapv(T::to_f64), t)
-}
-
 fn check<T: KernelElement>(gpu: &Gpu, c: &Case) -> Result<(), TestCaseError> {
     let (hq, hkv) = c.heads;
     let (lq, lk, d) = (c.mask.len_q(), c.mask.len_k(), c.head_dim);
     // Keys with a spread of norms make the softmax peaked in some rows, flat in others.
-    let (q64, q) = rounded::<T>(random_array((c.batch, lq, hq, d), c.seed) * 1.5);
-    let (k64, k) = rounded::<T>(random_array((c.batch, lk, hkv, d), c.seed ^ 1) * 1.5);
-    let (v64, v) = rounded::<T>(random_array((c.batch, lk, hkv, d), c.seed ^ 2));
+    let (q64, q) = common::rounded::<T>(random_array((c.batch, lq, hq, d), c.seed) * 1.5);
+    let (k64, k) = common::rounded::<T>(random_array((c.batch, lk, hkv, d), c.seed ^ 1) * 1.5);
+    let (v64, v) = common::rounded::<T>(random_array((c.batch, lk, hkv, d), c.seed ^ 2));
     let want = reference::attention(q64.view(), k64.view(), v64.view(), &c.mask, c.scale).unwrap();
     let scale = c.scale.unwrap_or(1.0 / (d as f64).sqrt());
     let (plain_out, plain_lse) = plain_attention::<T>(&q64, &k64, &v64, &c.mask, scale);
@@ -76,15 +69,10 @@ fn check<T: KernelElement>(gpu: &Gpu, c: &Case) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn fuzz_config() -> Config {
-    let cases = std::env::var("MASKATTN_GPU_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(500);
-    Config { cases, rng_seed: RngSeed::Fixed(0x6d61_736b), failure_persistence: None, ..Config::default() }
-}
-
 #[test]
 fn forward_matches_the_reference_within_twice_the_plain_error() {
     let Some(gpu) = common::shared_gpu() else { return };
-    proptest!(fuzz_config(), |(c in arb_case())| {
+    proptest!(common::gpu_fuzz_config(500, 0x6d61_736b), |(c in arb_case())| {
         if c.bf16 { check::<bf16>(gpu, &c)? } else { check::<f16>(gpu, &c)? }
     });
 }
@@ -94,13 +82,7 @@ fn forward_matches_the_reference_within_twice_the_plain_error() {
 #[test]
 fn sanitizer_subset() {
     let Some(gpu) = common::shared_gpu() else { return };
-    let layout: VideoLayout = "text:5,frames:2x70,text:9".parse().unwrap();
-    let masks = [
-        Mask::frame_block(&layout).unwrap(),
-        Mask::causal(200, 130).unwrap(),
-        Mask::causal_cross(33, 3, 29).unwrap(),
-        Mask::from_intervals(77, vec![[0, 0, 0, 0], [3, 9, 40, 77], [0, 77, 0, 0]]).unwrap(),
-    ];
+    let masks = common::sanitizer_masks();
     for (i, mask) in masks.into_iter().enumerate() {
         for (head_dim, bf16) in [(64, true), (96, false), (128, true)] {
             let c = Case { mask: mask.clone(), batch: 2, heads: (2, 1), head_dim, bf16, scale: None, seed: i as u64 };
@@ -117,9 +99,9 @@ fn key_shards_merge_to_the_whole() {
     let Some(gpu) = common::shared_gpu() else { return };
     let mask = Mask::frame_block_causal(&"text:33,frames:3x576,text:40".parse().unwrap()).unwrap();
     let (b, h, d, lk) = (2, 2, 128, mask.len_k());
-    let (q64, q) = rounded::<bf16>(random_array((b, mask.len_q(), h, d), 7));
-    let (k64, k) = rounded::<bf16>(random_array((b, lk, h, d), 8));
-    let (v64, v) = rounded::<bf16>(random_array((b, lk, h, d), 9));
+    let (q64, q) = common::rounded::<bf16>(random_array((b, mask.len_q(), h, d), 7));
+    let (k64, k) = common::rounded::<bf16>(random_array((b, lk, h, d), 8));
+    let (v64, v) = common::rounded::<bf16>(random_array((b, lk, h, d), 9));
     let want = reference::attention(q64.view(), k64.view(), v64.view(), &mask, None).unwrap();
     let (plain_out, _) = plain_attention::<bf16>(&q64, &k64, &v64, &mask, 1.0 / (d as f64).sqrt());
     let plain_err = max_abs_diff(&plain_out, &want.out);
@@ -171,9 +153,7 @@ fn bad_inputs_are_errors_before_any_launch() {
 #[test]
 fn block_sparse_forward_matches_the_sparse_reference() {
     let Some(gpu) = common::shared_gpu() else { return };
-    let cases = std::env::var("MASKATTN_GPU_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(150);
-    let config =
-        Config { cases, rng_seed: RngSeed::Fixed(0x7370_6172), failure_persistence: None, ..Config::default() };
+    let config = common::gpu_fuzz_config(150, 0x7370_6172);
     proptest!(config, |(c in arb_case(), density in 0.0f64..1.0)| {
         let (hq, hkv) = c.heads;
         let (lq, lk, d) = (c.mask.len_q(), c.mask.len_k(), c.head_dim);
@@ -181,9 +161,9 @@ fn block_sparse_forward_matches_the_sparse_reference() {
             let x = (c.seed ^ ((b * 7919 + h * 104_729 + qb * 1_299_709 + kb) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             ((x >> 40) % 1000) as f64 / 1000.0 < density
         }).unwrap();
-        let (q64, q) = rounded::<bf16>(random_array((c.batch, lq, hq, d), c.seed) * 1.5);
-        let (k64, k) = rounded::<bf16>(random_array((c.batch, lk, hkv, d), c.seed ^ 1) * 1.5);
-        let (v64, v) = rounded::<bf16>(random_array((c.batch, lk, hkv, d), c.seed ^ 2));
+        let (q64, q) = common::rounded::<bf16>(random_array((c.batch, lq, hq, d), c.seed) * 1.5);
+        let (k64, k) = common::rounded::<bf16>(random_array((c.batch, lk, hkv, d), c.seed ^ 1) * 1.5);
+        let (v64, v) = common::rounded::<bf16>(random_array((c.batch, lk, hkv, d), c.seed ^ 2));
         let want = maskattn::xattention::sparse_attention(q64.view(), k64.view(), v64.view(), &c.mask, &sel, None).unwrap();
         let visible = |b, h, i, j| sel.visible(&c.mask, b, h, i, j);
         let (plain_out, _) = common::plain_attention_where::<bf16>(&q64, &k64, &v64, 1.0 / (d as f64).sqrt(), visible);

@@ -10,10 +10,9 @@ mod common;
 use common::{max_abs_diff, plain_attention, random_array};
 use half::{bf16, f16};
 use maskattn::cuda::{Gpu, KernelElement};
-use maskattn::{reference, Element, Mask};
+use maskattn::{reference, Mask};
 use ndarray::Array4;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
 
 #[derive(Debug, Clone)]
 struct Case {
@@ -48,18 +47,12 @@ fn arb_case() -> impl Strategy<Value = Case> {
         })
 }
 
-/// Rounds to T, returns the rounded values as f64 and as T.
-fn rounded<T: Element>(x: Array4<f64>) -> (Array4<f64>, Array4<T>) {
-    let t = x.mapv(T::from_f64);
-    (t.mapv(T::to_f64), t)
-}
-
 fn check<T: KernelElement>(gpu: &Gpu, c: &Case) -> Result<(), TestCaseError> {
     let (hq, hkv) = c.heads;
     let (lq, lk, d) = (c.mask.len_q(), c.mask.len_k(), c.head_dim);
-    let (q64, q) = rounded::<T>(random_array((c.batch, lq, hq, d), c.seed) * 1.5);
-    let (k64, k) = rounded::<T>(random_array((c.batch, lk, hkv, d), c.seed ^ 1) * 1.5);
-    let (v64, v) = rounded::<T>(random_array((c.batch, lk, hkv, d), c.seed ^ 2));
+    let (q64, q) = common::rounded::<T>(random_array((c.batch, lq, hq, d), c.seed) * 1.5);
+    let (k64, k) = common::rounded::<T>(random_array((c.batch, lk, hkv, d), c.seed ^ 1) * 1.5);
+    let (v64, v) = common::rounded::<T>(random_array((c.batch, lk, hkv, d), c.seed ^ 2));
     let want = reference::attention(q64.view(), k64.view(), v64.view(), &c.mask, c.scale).unwrap();
     let scale = c.scale.unwrap_or(1.0 / (d as f64).sqrt());
     let (plain_out, plain_lse) = plain_attention::<T>(&q64, &k64, &v64, &c.mask, scale);
@@ -81,9 +74,7 @@ fn check<T: KernelElement>(gpu: &Gpu, c: &Case) -> Result<(), TestCaseError> {
 #[test]
 fn naive_matches_the_reference_within_twice_the_plain_error() {
     let Some(gpu) = common::shared_gpu() else { return };
-    let cases = std::env::var("MASKATTN_GPU_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(100);
-    let config =
-        Config { cases, rng_seed: RngSeed::Fixed(0x6e61_6976), failure_persistence: None, ..Config::default() };
+    let config = common::gpu_fuzz_config(100, 0x6e61_6976);
     proptest!(config, |(c in arb_case())| {
         if c.bf16 { check::<bf16>(gpu, &c)? } else { check::<f16>(gpu, &c)? }
     });

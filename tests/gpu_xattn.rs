@@ -12,16 +12,10 @@ use common::random_array;
 use half::{bf16, f16};
 use maskattn::cuda::{kernel_resources, xattn_structured_inputs, Gpu, KernelElement};
 use maskattn::xattention::{block_scores, select_blocks, BlockSelection, Tau, XAttnConfig, BLOCK};
-use maskattn::{AttnShape, Element, Error};
+use maskattn::{AttnShape, Error};
 use ndarray::{s, Array4};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-fn fuzz_config(default_cases: u32) -> Config {
-    let cases = std::env::var("MASKATTN_GPU_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(default_cases);
-    Config { cases, rng_seed: RngSeed::Fixed(0x7861_7474), failure_persistence: None, ..Config::default() }
-}
 
 /// Every XAttention kernel is in the fatbin for both SASS targets, without spills.
 /// Needs no GPU (the report is ptxas's, captured by build.rs).
@@ -47,11 +41,6 @@ fn xattn_kernels_are_built_for_sm80_and_sm90a_without_spills() {
 }
 
 /// Rounds to T; returns the rounded values as f64 and as T.
-fn rounded<T: Element>(x: Array4<f64>) -> (Array4<f64>, Array4<T>) {
-    let t = x.mapv(T::from_f64);
-    (t.mapv(T::to_f64), t)
-}
-
 /// The yardstick of the scores' error: the reference's definition computed the
 /// plain fp32 way (logits accumulated in f32 over the S*D products in order and
 /// scaled in f32, softmax in f32, probabilities summed in f32), on the same rounded
@@ -209,8 +198,8 @@ fn check<T: KernelElement>(gpu: &Gpu, c: &Case, tally: &Tally) -> Result<f64, Te
         (q.mapv(T::to_f64), q, k.mapv(T::to_f64), k)
     } else {
         // Amplitude 2: peaked rows for some heads, flat ones for others.
-        let (q64, q) = rounded::<T>(random_array((c.batch, c.len_q, hq, c.head_dim), c.seed) * 2.0);
-        let (k64, k) = rounded::<T>(random_array((c.batch, c.len_k, hkv, c.head_dim), c.seed ^ 1) * 2.0);
+        let (q64, q) = common::rounded::<T>(random_array((c.batch, c.len_q, hq, c.head_dim), c.seed) * 2.0);
+        let (k64, k) = common::rounded::<T>(random_array((c.batch, c.len_k, hkv, c.head_dim), c.seed ^ 1) * 2.0);
         (q64, q, k64, k)
     };
     let cfg = c.config();
@@ -294,7 +283,7 @@ fn report(name: &str, tally: &Tally) {
 fn scores_and_selection_match_the_reference() {
     let Some(gpu) = common::shared_gpu() else { return };
     let tally = Tally::default();
-    proptest!(fuzz_config(200), |(c in arb_case())| {
+    proptest!(common::gpu_fuzz_config(200, 0x7861_7474), |(c in arb_case())| {
         if c.bf16 { check::<bf16>(gpu, &c, &tally)?; } else { check::<f16>(gpu, &c, &tally)?; }
     });
     report("random cases", &tally);
@@ -358,7 +347,7 @@ fn arb_scores() -> impl Strategy<Value = (Array4<f32>, XAttnConfig, usize, usize
 #[test]
 fn selection_kernel_equals_the_reference_on_the_same_scores() {
     let Some(gpu) = common::shared_gpu() else { return };
-    proptest!(fuzz_config(300), |((scores, cfg, len_q, len_k) in arb_scores())| {
+    proptest!(common::gpu_fuzz_config(300, 0x7861_7474), |((scores, cfg, len_q, len_k) in arb_scores())| {
         let want = select_blocks(scores.mapv(f64::from).view(), &cfg, len_q, len_k).unwrap();
         let got = gpu.xattn_select_scores(scores.view(), &cfg, len_q, len_k).unwrap();
         prop_assert!(got == want, "{:?}, Lq {}, Lk {}", cfg, len_q, len_k);

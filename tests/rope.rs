@@ -312,7 +312,6 @@ mod gpu {
     use maskattn::{Element, Error, VideoLayout};
     use ndarray::Array4;
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, RngSeed};
 
     use super::{arb_style, arb_time, common};
 
@@ -349,11 +348,6 @@ mod gpu {
         } else {
             2f64.powi(-11)
         }
-    }
-
-    fn rounded<T: Element>(x: Array4<f64>) -> (Array4<f64>, Array4<T>) {
-        let t = x.mapv(T::from_f64);
-        (t.mapv(T::to_f64), t)
     }
 
     /// Kernel error within 2x the plain implementation's, and within one rounding of
@@ -418,8 +412,8 @@ mod gpu {
         let l = c.layout.len();
         // `shift` moves every multiplier, as a long prefix or a KV cache would.
         let positions: Vec<f64> = rope::positions(&c.layout, &c.rope).unwrap().iter().map(|m| m + c.shift).collect();
-        let (q, q_t) = rounded::<T>(common::random_array((c.batch, l, c.heads.0, c.head_dim), c.seed));
-        let (k, k_t) = rounded::<T>(common::random_array((c.batch, l, c.heads.1, c.head_dim), c.seed ^ 0xABCD));
+        let (q, q_t) = common::rounded::<T>(common::random_array((c.batch, l, c.heads.0, c.head_dim), c.seed));
+        let (k, k_t) = common::rounded::<T>(common::random_array((c.batch, l, c.heads.1, c.head_dim), c.seed ^ 0xABCD));
         let (gq, gk) = gpu.dual_rope_qk(q_t.view(), k_t.view(), &positions, &c.rope).unwrap();
         check_close("q", &gq, &q, &positions, &c.rope)?;
         check_close("k", &gk, &k, &positions, &c.rope)?;
@@ -431,9 +425,7 @@ mod gpu {
     #[test]
     fn kernel_matches_the_reference_within_twice_plain_error() {
         let Some(gpu) = gpu() else { return };
-        let cases = std::env::var("MASKATTN_GPU_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(200);
-        let config =
-            Config { cases, rng_seed: RngSeed::Fixed(0x726f_7065), failure_persistence: None, ..Config::default() };
+        let config = common::gpu_fuzz_config(200, 0x726f_7065);
         proptest!(config, |(c in arb_case())| {
             if c.bf16 { check_case::<bf16>(gpu, &c)? } else { check_case::<f16>(gpu, &c)? }
         });

@@ -78,6 +78,37 @@ pub fn arb_gpu_mask() -> impl Strategy<Value = Mask> {
     ]
 }
 
+/// Settings of a GPU fuzz test: a fixed seed, so a failure reproduces on any machine;
+/// `cases` by default, `MASKATTN_GPU_FUZZ_CASES` overrides.
+pub fn gpu_fuzz_config(cases: u32, seed: u64) -> ProptestConfig {
+    let cases = std::env::var("MASKATTN_GPU_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(cases);
+    ProptestConfig {
+        cases,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// `x` rounded to `T`: the rounded values as f64 (for the references) and as `T`
+/// (for the kernels), so both see the same inputs.
+pub fn rounded<T: maskattn::Element>(x: Array4<f64>) -> (Array4<f64>, Array4<T>) {
+    let t = x.mapv(T::from_f64);
+    (t.mapv(T::to_f64), t)
+}
+
+/// Small masks of several families with rows that see nothing, lengths that are not
+/// tile multiples and Lq != Lk: the cases run under compute-sanitizer.
+pub fn sanitizer_masks() -> Vec<Mask> {
+    let layout: VideoLayout = "text:5,frames:2x70,text:9".parse().unwrap();
+    vec![
+        Mask::frame_block(&layout).unwrap(),
+        Mask::causal(200, 130).unwrap(),
+        Mask::causal_cross(33, 3, 29).unwrap(),
+        Mask::from_intervals(77, vec![[0, 0, 0, 0], [3, 9, 40, 77], [0, 77, 0, 0]]).unwrap(),
+    ]
+}
+
 /// Deterministic pseudo-random values in [-1, 1) (splitmix64), so tests need no rand crate.
 pub fn random_array(shape: (usize, usize, usize, usize), seed: u64) -> Array4<f64> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
