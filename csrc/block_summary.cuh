@@ -4,6 +4,7 @@
 #pragma once
 
 #include "mask_tiles.h"
+#include "prims.cuh"
 
 namespace maskattn {
 

@@ -37,15 +37,6 @@
 namespace maskattn {
 namespace bwd {
 
-// threadIdx.x read afresh: volatile, so the compiler can neither merge it with the
-// reads before the key loop nor keep values derived from those alive across the loop
-// for the epilogue (registers the loop needs more).
-__device__ __forceinline__ int fresh_tid() {
-    int t;
-    asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(t));
-    return t;
-}
-
 template <typename T>
 __device__ __forceinline__ const T *tensor_at(const void *base, int32_t b, int32_t h, int64_t batch_stride,
                                               int64_t head_stride) {
@@ -100,7 +91,7 @@ __device__ __forceinline__ void key_tile(const MaskattnBwdParams &p) {
     constexpr int BM = Traits::kBlockM, BN = Traits::kBlockN;
     constexpr int QF = Traits::kQFrags, DF = Traits::kDFrags, DQF = Traits::kDqFrags;
 
-    extern __shared__ __align__(128) unsigned char bwd_smem[];
+    unsigned char *const bwd_smem = dynamic_smem();
     const uint32_t smem = fwd::smem_u32(bwd_smem);
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
 
@@ -156,6 +147,7 @@ __device__ __forceinline__ void key_tile(const MaskattnBwdParams &p) {
 
     uint32_t buf = 0;
     while (hi < walk.group) {
+        trace_key_tile(cls);  // a (query tile, key tile) pair of the group's walk
         fwd::cp_async_wait<0>();
         __syncthreads();
         int32_t next_hi = hi, next_qt = qt + 1, next_cls = MASKATTN_TILE_EMPTY;
@@ -231,7 +223,7 @@ __device__ __forceinline__ void key_tile(const MaskattnBwdParams &p) {
     // dQ product reads all of K); a CTA that walked nothing writes zeros.
     fwd::cp_async_wait<0>();
     __syncthreads();
-    const int t = fresh_tid();
+    const int t = fresh_thread_index();  // the epilogue needs the loop's registers
     store_warp_rows<KTile, Elem>(bwd_smem + Traits::kOffK, dk, p.scale, 16 * (t / 32),
                                  tensor_at<Elem>(p.dk, b, hk, p.dk_batch_stride, p.dk_head_stride), p.dk_row_stride,
                                  k0, p.len_k, t % 32);
@@ -251,7 +243,7 @@ __device__ __forceinline__ void dq_query_tile(const MaskattnBwdParams &p) {
     constexpr int BM = Traits::kBlockM, BN = Traits::kBlockN;
     constexpr int NF = Traits::kNFrags, DF = Traits::kDFrags;
 
-    extern __shared__ __align__(128) unsigned char bwd_smem[];
+    unsigned char *const bwd_smem = dynamic_smem();
     const uint32_t smem = fwd::smem_u32(bwd_smem);
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     fwd::TileIntervals<BM> &intervals = *reinterpret_cast<fwd::TileIntervals<BM> *>(bwd_smem + Traits::kOffRows);
@@ -312,6 +304,7 @@ __device__ __forceinline__ void dq_query_tile(const MaskattnBwdParams &p) {
         for (int e = 0; e < 4; ++e) dq[0][df][e] = 0.f;
 
     while (kt < kt_end) {
+        trace_key_tile(cls);
         fwd::cp_async_wait<0>();
         __syncthreads();
         int32_t next_cls = MASKATTN_TILE_EMPTY;
@@ -445,19 +438,22 @@ __device__ __forceinline__ void dq_convert(const MaskattnBwdParams &p) {
                                                  maskattn::bwd::BwdTraits<Elem, D>::kMinBlocksPerSm)         \
         name(const MaskattnBwdParams p) {                                                                    \
         maskattn::bwd::key_tile<maskattn::bwd::BwdTraits<Elem, D>, kDq>(p);                                  \
-    }
+    }                                                                                                        \
+    MASKATTN_REGISTER_KERNEL(name)
 
 #define MASKATTN_BWD_DQ_ENTRY(name, Elem, D)                                                                 \
     extern "C" __global__ void __launch_bounds__(maskattn::bwd::BwdDqTraits<Elem, D>::kThreads,              \
                                                  maskattn::bwd::BwdDqTraits<Elem, D>::kMinBlocksPerSm)       \
         name(const MaskattnBwdParams p) {                                                                    \
         maskattn::bwd::dq_query_tile<maskattn::bwd::BwdDqTraits<Elem, D>>(p);                                \
-    }
+    }                                                                                                        \
+    MASKATTN_REGISTER_KERNEL(name)
 
 #define MASKATTN_BWD_ROW_ENTRY(name, fn, Elem)                                                               \
     extern "C" __global__ void __launch_bounds__(MASKATTN_BWD_ROW_THREADS) name(const MaskattnBwdParams p) { \
         maskattn::bwd::fn<Elem>(p);                                                                          \
-    }
+    }                                                                                                        \
+    MASKATTN_REGISTER_KERNEL(name)
 
 MASKATTN_BWD_ENTRY(maskattn_bwd_f16_d64, __half, 64, true)
 MASKATTN_BWD_ENTRY(maskattn_bwd_f16_d96, __half, 96, true)

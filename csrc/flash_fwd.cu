@@ -61,7 +61,7 @@ __device__ __forceinline__ void attention_tile(const MaskattnFwdParams &p) {
                   "a (query tile, key tile) pair lies inside one selection block");
 
     // Dynamic shared memory only (MASKATTN_FWD_SMEM_* bytes): Q | K0 | V0 | K1 | V1 | CtaState.
-    extern __shared__ __align__(128) unsigned char fwd_smem[];
+    unsigned char *const fwd_smem = dynamic_smem();
     constexpr uint32_t kBufferBytes = 2 * KVTile::kBytes;  // one K and one V tile
     static_assert(QTile::kBytes + 2 * kBufferBytes == Traits::kTileBytes, "tiles as params.h counts them");
     static_assert(sizeof(CtaState<Elem, BM>) <= Traits::kCtaStateBytes, "CtaState fits its reservation");
@@ -126,6 +126,7 @@ __device__ __forceinline__ void attention_tile(const MaskattnFwdParams &p) {
     OnlineSoftmax<MF> softmax;
 
     while (kt < kt_end) {
+        trace_key_tile(cls);
         cp_async_wait<0>();
         __syncthreads();
         int32_t next_cls = MASKATTN_TILE_EMPTY;
@@ -197,7 +198,8 @@ __device__ __forceinline__ void attention_tile(const MaskattnFwdParams &p) {
                                                  maskattn::fwd::FwdTraits<Elem, D>::kMinBlocksPerSm)        \
         name(const MaskattnFwdParams p) {                                                                   \
         maskattn::fwd::attention_tile<maskattn::fwd::FwdTraits<Elem, D>>(p);                                \
-    }
+    }                                                                                                       \
+    MASKATTN_REGISTER_KERNEL(name)
 
 MASKATTN_FWD_ENTRY(maskattn_fwd_f16_d64, __half, 64)
 MASKATTN_FWD_ENTRY(maskattn_fwd_f16_d96, __half, 96)

@@ -10,6 +10,7 @@
 #include <cuda_fp16.h>
 
 #include "mask_tiles.h"
+#include "prims.cuh"
 
 namespace maskattn_naive {
 
@@ -31,8 +32,8 @@ template <typename T>
 __device__ __forceinline__ void scores(const T *__restrict__ q, int64_t q_row, const T *__restrict__ k,
                                        int64_t k_row, int32_t len_q, int32_t len_k, int32_t head_dim, float scale,
                                        float *__restrict__ s) {
-    __shared__ float qs[kTile][kTile + 1];
-    __shared__ float ks[kTile][kTile + 1];
+    MASKATTN_SHARED(float[kTile][kTile + 1], qs);
+    MASKATTN_SHARED(float[kTile][kTile + 1], ks);
     const int tx = threadIdx.x, ty = threadIdx.y;
     const int32_t i = blockIdx.y * kTile + ty;
     const int32_t j = blockIdx.x * kTile + tx;
@@ -68,7 +69,7 @@ __device__ __forceinline__ float block_reduce(float x, bool is_max, float *scrat
 // One block of kSoftmaxThreads per query row of s ([len_q][len_k]).
 __device__ __forceinline__ void masked_softmax(float *__restrict__ s, const int32_t *__restrict__ intervals,
                                                int32_t len_k, float *__restrict__ lse) {
-    __shared__ float scratch[kSoftmaxThreads / 32];
+    MASKATTN_SHARED(float[kSoftmaxThreads / 32], scratch);
     const int32_t row = blockIdx.x;
     const int32_t *iv = intervals + 4 * int64_t(row);
     float *sr = s + int64_t(row) * len_k;
@@ -96,8 +97,8 @@ template <typename T>
 __device__ __forceinline__ void pv(const float *__restrict__ p, const T *__restrict__ v, int64_t v_row,
                                    int32_t len_q, int32_t len_k, int32_t head_dim, T *__restrict__ o,
                                    int64_t o_row) {
-    __shared__ float ps[kTile][kTile + 1];
-    __shared__ float vs[kTile][kTile + 1];
+    MASKATTN_SHARED(float[kTile][kTile + 1], ps);
+    MASKATTN_SHARED(float[kTile][kTile + 1], vs);
     const int tx = threadIdx.x, ty = threadIdx.y;
     const int32_t i = blockIdx.y * kTile + ty;
     const int32_t c = blockIdx.x * kTile + tx;
@@ -123,12 +124,14 @@ __device__ __forceinline__ void pv(const float *__restrict__ p, const T *__restr
                                      float scale, float *__restrict__ s) {                                   \
         maskattn_naive::scores<T>(q, q_row, k, k_row, len_q, len_k, head_dim, scale, s);                     \
     }                                                                                                        \
+    MASKATTN_REGISTER_KERNEL(maskattn_naive_scores_##NAME)                                                   \
     extern "C" __global__ void __launch_bounds__(256)                                                        \
         maskattn_naive_pv_##NAME(const float *__restrict__ p, const T *__restrict__ v, int64_t v_row,        \
                                  int32_t len_q, int32_t len_k, int32_t head_dim, T *__restrict__ o,          \
                                  int64_t o_row) {                                                            \
         maskattn_naive::pv<T>(p, v, v_row, len_q, len_k, head_dim, o, o_row);                                \
-    }
+    }                                                                                                        \
+    MASKATTN_REGISTER_KERNEL(maskattn_naive_pv_##NAME)
 
 MASKATTN_NAIVE_KERNELS(bf16, __nv_bfloat16)
 MASKATTN_NAIVE_KERNELS(f16, __half)
@@ -140,3 +143,4 @@ extern "C" __global__ void __launch_bounds__(256)
                            float *__restrict__ lse) {
     maskattn_naive::masked_softmax(s, intervals, len_k, lse);
 }
+MASKATTN_REGISTER_KERNEL(maskattn_naive_softmax)

@@ -19,6 +19,7 @@
 #include <cuda_fp16.h>
 
 #include "params.h"
+#include "prims.cuh"
 
 namespace maskattn_rope {
 
@@ -51,7 +52,7 @@ template <typename T>
 __device__ __forceinline__ void dual_rope(const MaskattnRopeParams &p) {
     using P = Packed<T>;
     using T2 = typename P::T2;
-    extern __shared__ __align__(16) unsigned char rope_smem[];
+    unsigned char *const rope_smem = maskattn::dynamic_smem();
     const int npairs = p.head_dim / 2;
     double *half_turns = reinterpret_cast<double *>(rope_smem);   // [npairs]: theta_i / pi
     float2 *cs = reinterpret_cast<float2 *>(half_turns + npairs);  // [tokens][npairs]: cos, sin
@@ -135,7 +136,9 @@ __device__ __forceinline__ void dual_rope(const MaskattnRopeParams &p) {
 extern "C" __global__ void __launch_bounds__(128) maskattn_dual_rope_bf16(const MaskattnRopeParams p) {
     maskattn_rope::dual_rope<__nv_bfloat16>(p);
 }
+MASKATTN_REGISTER_KERNEL(maskattn_dual_rope_bf16)
 
 extern "C" __global__ void __launch_bounds__(128) maskattn_dual_rope_f16(const MaskattnRopeParams p) {
     maskattn_rope::dual_rope<__half>(p);
 }
+MASKATTN_REGISTER_KERNEL(maskattn_dual_rope_f16)

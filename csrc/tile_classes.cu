@@ -8,7 +8,7 @@
 extern "C" __global__ void maskattn_tile_classes(const int32_t *__restrict__ intervals, int32_t len_q,
                                                  int32_t len_k, int32_t block_m, int32_t block_n,
                                                  int32_t *__restrict__ classes) {
-    __shared__ MaskattnTileSummary scratch[32];
+    MASKATTN_SHARED(MaskattnTileSummary[32], scratch);
     const int32_t qt = blockIdx.x;
     const int32_t row_end = min(len_q, (qt + 1) * block_m);
     const MaskattnTileSummary s = maskattn::block_summary(intervals, qt * block_m, row_end, scratch);
@@ -22,3 +22,4 @@ extern "C" __global__ void maskattn_tile_classes(const int32_t *__restrict__ int
         classes[int64_t(qt) * n_key_tiles + kt] = cls;
     }
 }
+MASKATTN_REGISTER_KERNEL(maskattn_tile_classes)

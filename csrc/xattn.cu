@@ -33,7 +33,7 @@
 // first, then by descending score while kept < tau * mass), so on the same f32
 // scores the selection is bit-for-bit the reference's.
 #include "params.h"
-#include "fwd/mma.cuh"
+#include "prims.cuh"
 
 namespace maskattn {
 namespace xattn {
@@ -80,7 +80,7 @@ __device__ __forceinline__ void block_scores_cta(const MaskattnXattnScoreParams 
     static_assert(S == 8 || S == 16, "stride 8 or 16");
     static_assert(D % 16 == 0 && kCols % R == 0 && kRows % R == 0, "blocks tile the CTA");
 
-    extern __shared__ __align__(128) unsigned char xattn_smem[];
+    unsigned char *const xattn_smem = maskattn::dynamic_smem();
     float *row_lse = reinterpret_cast<float *>(xattn_smem + 2 * Smem::kStageBytes);  // [kRows], base 2
     int32_t *row_last = reinterpret_cast<int32_t *>(row_lse + kRows);               // [kRows]
 
@@ -255,7 +255,7 @@ __device__ __forceinline__ float clean_score(float s) { return fmaxf(s, 0.f) + 0
 
 __device__ __forceinline__ void select_row(const MaskattnXattnSelectParams &p) {
     constexpr int T = MASKATTN_XATTN_SELECT_THREADS;
-    extern __shared__ __align__(128) unsigned char xattn_smem[];
+    unsigned char *const xattn_smem = maskattn::dynamic_smem();
     uint64_t *keys = reinterpret_cast<uint64_t *>(xattn_smem);  // [sort_size]
     uint8_t *flags = xattn_smem + 8 * int64_t(p.sort_size);     // [sort_size]
 
@@ -332,7 +332,8 @@ __device__ __forceinline__ void select_row(const MaskattnXattnSelectParams &p) {
     extern "C" __global__ void __launch_bounds__(MASKATTN_XATTN_SCORE_THREADS)                                 \
         maskattn_xattn_scores_##DTYPE##_d##D##_s##S(const MaskattnXattnScoreParams p) {                        \
         maskattn::xattn::block_scores_cta<ELEM, D, S>(p);                                                       \
-    }
+    }                                                                                                          \
+    MASKATTN_REGISTER_KERNEL(maskattn_xattn_scores_##DTYPE##_d##D##_s##S)
 MASKATTN_XATTN_SCORE_KERNEL(bf16, __nv_bfloat16, 64, 8)
 MASKATTN_XATTN_SCORE_KERNEL(bf16, __nv_bfloat16, 64, 16)
 MASKATTN_XATTN_SCORE_KERNEL(bf16, __nv_bfloat16, 96, 8)
@@ -351,3 +352,4 @@ extern "C" __global__ void __launch_bounds__(MASKATTN_XATTN_SELECT_THREADS)
     maskattn_xattn_select(const MaskattnXattnSelectParams p) {
     maskattn::xattn::select_row(p);
 }
+MASKATTN_REGISTER_KERNEL(maskattn_xattn_select)

@@ -44,6 +44,11 @@ pub enum Error {
     /// A CUDA driver call (allocation, copy, module load, launch) failed.
     #[error("CUDA error: {0}")]
     Cuda(String),
+    /// A kernel failed on the CPU backend: an out-of-bounds or misaligned access by
+    /// a primitive, a divergent warp, a barrier deadlock (the message names the
+    /// kernel, block, warp and lanes).
+    #[error("kernel error: {0}")]
+    Kernel(String),
 }
 
 /// `Result` with maskattn's [`Error`].

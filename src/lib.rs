@@ -16,6 +16,9 @@ pub mod xattention;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
+#[cfg(feature = "cpu")]
+pub mod cpu;
+
 #[cfg(feature = "candle")]
 pub mod candle;
 

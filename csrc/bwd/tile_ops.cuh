@@ -7,7 +7,7 @@
 
 #include <math_constants.h>
 
-#include "fwd/mma.cuh"
+#include "prims.cuh"
 #include "fwd/smem_layout.cuh"
 #include "mask_tiles.h"
 

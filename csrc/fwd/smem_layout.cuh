@@ -17,7 +17,7 @@
 // spare) or an XOR per ldmatrix.
 #pragma once
 
-#include "fwd/mma.cuh"
+#include "prims.cuh"
 
 namespace maskattn {
 namespace fwd {

@@ -5,7 +5,7 @@
 
 #include <math_constants.h>
 
-#include "fwd/mma.cuh"
+#include "prims.cuh"
 
 namespace maskattn {
 namespace fwd {

@@ -1,8 +1,9 @@
 /* C entry points of csrc/mask_tiles.h compiled for the host, for Rust (bindgen
- * reads this header, which pulls in params.h). */
+ * reads this header, which pulls in params.h and the CPU backend's ABI). */
 #ifndef MASKATTN_MASK_TILES_HOST_H
 #define MASKATTN_MASK_TILES_HOST_H
 
+#include "../cpu/abi.h"
 #include "../params.h"
 
 #ifdef __cplusplus

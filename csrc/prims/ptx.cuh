@@ -1,8 +1,9 @@
-// PTX wrappers of the sm_80 instructions the kernels (forward, backward, XAttention
-// scoring) are built from:
+// The GPU build of the primitives (csrc/prims.cuh): PTX wrappers of the sm_80
+// instructions the kernels (forward, backward, XAttention scoring) are built from:
 // cp.async (global -> shared, bypassing registers), ldmatrix (shared -> mma
 // fragments) and mma.sync m16n8k16 with f32 accumulation. They also run on sm_90
 // and later, where the Hopper-only paths (wgmma, TMA) would be separate kernels.
+// csrc/cpu/prims.h is the CPU backend's build of the same functions.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -11,7 +12,33 @@
 
 #include <type_traits>
 
+#define MASKATTN_SHARED(Type, name) __shared__ ::maskattn::shared_type<Type> name
+// Kernels are found by name in the fatbin; only the CPU backend keeps a registry.
+#define MASKATTN_REGISTER_KERNEL(name)
+
 namespace maskattn {
+
+template <class T>
+using shared_type = T;
+
+// The launch's dynamic shared memory.
+__device__ __forceinline__ unsigned char *dynamic_smem() {
+    extern __shared__ __align__(128) unsigned char maskattn_dynamic_smem[];
+    return maskattn_dynamic_smem;
+}
+
+// threadIdx.x read afresh: volatile, so the compiler can neither merge it with
+// earlier reads nor keep values derived from those alive across a loop (registers
+// the loop needs more).
+__device__ __forceinline__ int fresh_thread_index() {
+    int t;
+    asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(t));
+    return t;
+}
+
+// The CPU backend counts the key tiles a CTA walks by class; nothing on the GPU.
+__device__ __forceinline__ void trace_key_tile(int) {}
+
 namespace fwd {
 
 __device__ __forceinline__ uint32_t smem_u32(const void *p) {
