@@ -9,7 +9,8 @@
 //!   (csrc/prims.cuh then selects the emulated primitives) and linked with the CPU
 //!   backend's runtime (csrc/cpu/runtime.cpp). Needs only the CUDA headers (for
 //!   cuda_fp16.h and cuda_bf16.h), not nvcc. `MASKATTN_CPU_CHECK=memcheck` builds it
-//!   under AddressSanitizer + UndefinedBehaviorSanitizer.
+//!   under AddressSanitizer + UndefinedBehaviorSanitizer, `MASKATTN_CPU_CHECK=racecheck`
+//!   with the runtime's shared-memory race detector.
 
 use std::env;
 use std::fmt::Write as _;
@@ -67,10 +68,21 @@ fn build_cpu_backend() {
         ));
     };
     let check = env::var("MASKATTN_CPU_CHECK").unwrap_or_default();
-    let sanitize: &[&str] = match check.as_str() {
-        "" => &[],
-        "memcheck" => &["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"],
-        other => fail(&format!("MASKATTN_CPU_CHECK={other}: expected memcheck or nothing")),
+    // (flags of the kernels, flags of the runtime)
+    let (kernel_flags, runtime_flags): (&[&str], &[&str]) = match check.as_str() {
+        "" => (&[], &[]),
+        "memcheck" => {
+            let asan: &[&str] =
+                &["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"];
+            (asan, asan)
+        }
+        // ThreadSanitizer's instrumentation without its runtime: the CPU runtime
+        // defines the hooks and feeds shared-memory accesses to its race detector.
+        "racecheck" => (
+            &["-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0", "-DMASKATTN_CPU_RACECHECK"],
+            &["-DMASKATTN_CPU_RACECHECK"],
+        ),
+        other => fail(&format!("MASKATTN_CPU_CHECK={other}: expected memcheck, racecheck or nothing")),
     };
     // The runtime references the anchor so that the linker keeps the kernels'
     // object, whose static initializers register every kernel by name.
@@ -78,20 +90,20 @@ fn build_cpu_backend() {
     let unity = format!("{unity}extern \"C\" void maskattn_cpu_kernels_anchor() {{}}\n");
     let unity_path = out.join("maskattn_kernels_cpu.cpp");
     std::fs::write(&unity_path, unity).expect("write unity file");
-    let base = || {
+    let base = |flags: &[&str]| {
         let mut b = cc::Build::new();
         b.cpp(true).std("c++17").opt_level(2).include("csrc").include(&include).warnings(true).extra_warnings(false);
         // The kernels reinterpret shared and global bytes as other types, as CUDA allows.
         b.flag("-fno-strict-aliasing").flag("-Wno-unknown-pragmas");
-        for f in sanitize {
+        for f in flags {
             b.flag(f);
         }
         b
     };
-    let mut objects = base().file(&unity_path).compile_intermediates();
-    objects.extend(base().file("csrc/cpu/runtime.cpp").warnings_into_errors(true).compile_intermediates());
+    let mut objects = base(kernel_flags).file(&unity_path).compile_intermediates();
+    objects.extend(base(runtime_flags).file("csrc/cpu/runtime.cpp").warnings_into_errors(true).compile_intermediates());
     cc::Build::new().cpp(true).objects(&objects).compile("maskattn_cpu");
-    if !sanitize.is_empty() {
+    if check == "memcheck" {
         println!("cargo:rustc-link-lib=dylib=asan");
         println!("cargo:rustc-link-lib=dylib=ubsan");
     }

@@ -37,6 +37,12 @@
 #include <ucontext.h>
 #endif
 
+#if defined(MASKATTN_CPU_RACECHECK)
+constexpr bool kRacecheck = true;
+#else
+constexpr bool kRacecheck = false;
+#endif
+
 namespace maskattn {
 namespace cpu {
 
@@ -202,6 +208,28 @@ struct Thread : ThreadView {
 struct Warp {
     Op op;
     uint32_t mask, arrived;
+    uint32_t syncs;        // completed __syncwarp: orders the shared accesses of its lanes
+    uint32_t collectives;  // completed collectives of any kind
+};
+
+// Racecheck: per byte of shared memory, the last write and the last two readers
+// since, each with the barrier count of its CTA and the __syncwarp count of its
+// warp at the time. Two accesses of different threads are ordered when a
+// __syncthreads lies between them, or a __syncwarp if both threads are in one warp.
+// An access made by a warp collective itself (ldmatrix) is complete when the
+// collective is, so it is also ordered before what its warp's lanes do after it.
+struct Access {
+    uint32_t barriers;
+    uint32_t warp_syncs;
+    int32_t thread;       // -1: none
+    uint32_t collective;  // the warp's collective count, kPlain for a thread's own access
+};
+constexpr uint32_t kPlain = 0xffffffffu;
+
+struct ByteShadow {
+    Access write;
+    Access read[2];
+    bool pending;  // the write is a cp.async that has not landed
 };
 
 // The k-th cp.async of every lane of a warp, gathered to count the bank conflicts
@@ -216,6 +244,7 @@ struct StaticSite {
     const void *site;
     unsigned char *data;
     uint32_t offset, bytes;
+    std::vector<ByteShadow> shadow;
 };
 
 struct Cta : CtaView {
@@ -235,6 +264,7 @@ struct Cta : CtaView {
     std::mt19937_64 rng;
     Context scheduler;
     MaskattnCpuCounters counters;
+    std::vector<ByteShadow> shadow;  // racecheck builds: one per byte of smem
 #if defined(MASKATTN_CPU_ASAN)
     const void *scheduler_stack_bottom;
     size_t scheduler_stack_size;
@@ -351,7 +381,8 @@ void *static_shared(const void *site, size_t bytes, size_t align) {
     if (posix_memalign(&mem, std::max<size_t>(align, 16), bytes) != 0) fail("out of memory for static shared memory");
     unsigned char *data = static_cast<unsigned char *>(mem);
     memset(data, kPoison, bytes);
-    c.statics.push_back(StaticSite{site, data, offset, uint32_t(bytes)});
+    c.statics.push_back(StaticSite{site, data, offset, uint32_t(bytes), {}});
+    if (kRacecheck) c.statics.back().shadow.assign(bytes, ByteShadow{{0, 0, -1, kPlain}, {{0, 0, -1, kPlain}, {0, 0, -1, kPlain}}, false});
     c.static_bytes = offset + uint32_t(bytes);
     return data;
 }
@@ -395,6 +426,83 @@ static uint64_t phase_conflicts(const uint32_t *addr, int n) {
 }
 
 // ---------------------------------------------------------------------------------
+// Racecheck (MASKATTN_CPU_RACECHECK builds): every shared access of the kernels'
+// plain C++ reaches race_access through the ThreadSanitizer instrumentation hooks
+// below, and the primitives call it directly, so a race is found whatever order the
+// schedule happened to run the threads in.
+
+static ByteShadow *shadow_of(Cta &c, const unsigned char *p) {
+    if (p >= c.smem && p < c.smem + c.smem_bytes) return &c.shadow[size_t(p - c.smem)];
+    for (StaticSite &s : c.statics)
+        if (p >= s.data && p < s.data + s.bytes) return &s.shadow[size_t(p - s.data)];
+    return nullptr;
+}
+
+static Access now(const Cta &c, const Thread &t, bool by_collective) {
+    const Warp &w = c.warps[t.warp];
+    return Access{uint32_t(c.counters.barriers), w.syncs, t.linear, by_collective ? w.collectives : kPlain};
+}
+
+static bool ordered(const Cta &c, const Access &a, const Thread &t) {
+    if (a.thread < 0 || a.thread == t.linear) return true;
+    if (c.counters.barriers > a.barriers) return true;
+    if (a.thread / 32 != t.warp) return false;
+    const Warp &w = c.warps[t.warp];
+    return w.syncs > a.warp_syncs || (a.collective != kPlain && w.collectives > a.collective);
+}
+
+[[noreturn]] static void report_race(Cta &c, const Thread &t, const unsigned char *p, const Access &other,
+                                     const char *other_kind, bool write) {
+    ++c.counters.races;
+    fail("race on shared byte 0x%x: this thread %s it, thread %d (warp %d) %s it with no barrier between",
+         to_shared(p), write ? "writes" : "reads", other.thread, other.thread / 32, other_kind);
+}
+
+static void race_access(Thread &t, const unsigned char *p, size_t n, bool write, bool by_collective = false) {
+    Cta &c = *t.owner;
+    for (size_t i = 0; i < n; ++i) {
+        ByteShadow *b = shadow_of(c, p + i);
+        if (b == nullptr) return;  // not shared memory
+        if (b->pending)
+            fail("shared byte 0x%x is the destination of a cp.async of thread %d that has not landed (no "
+                 "cp.async.wait_group before this %s)",
+                 to_shared(p + i), b->write.thread, write ? "write" : "read");
+        if (!ordered(c, b->write, t)) report_race(c, t, p + i, b->write, "wrote", write);
+        const Access me = now(c, t, by_collective);
+        if (write) {
+            for (const Access &r : b->read)
+                if (!ordered(c, r, t)) report_race(c, t, p + i, r, "read", true);
+            b->write = me;
+            b->read[0] = b->read[1] = Access{0, 0, -1, kPlain};
+        } else if (b->read[0].thread == t.linear) {
+            b->read[0] = me;
+        } else {
+            b->read[1] = b->read[0];
+            b->read[0] = me;
+        }
+    }
+}
+
+// A cp.async writes its destination at some moment between issue and landing: a
+// write at issue (racing with unordered earlier accesses), then pending until it lands.
+static void race_cp_async_issue(Thread &t, const unsigned char *dst) {
+    if (!kRacecheck) return;
+    race_access(t, dst, 16, true);
+    Cta &c = *t.owner;
+    for (int i = 0; i < 16; ++i) shadow_of(c, dst + i)->pending = true;
+}
+
+static void race_cp_async_land(Thread &issuer, const unsigned char *dst) {
+    if (!kRacecheck) return;
+    Cta &c = *issuer.owner;
+    for (int i = 0; i < 16; ++i) {
+        ByteShadow *b = shadow_of(c, dst + i);
+        b->pending = false;
+        b->write = now(c, issuer, false);
+    }
+}
+
+// ---------------------------------------------------------------------------------
 // cp.async.
 
 static bool in_registered_buffer(const Launch &l, const void *p, uint64_t bytes) {
@@ -404,13 +512,13 @@ static bool in_registered_buffer(const Launch &l, const void *p, uint64_t bytes)
     return false;
 }
 
-static void land(Cta &c, const Copy &copy) {
+static void land(Thread &issuer, const Copy &copy) {
     unsigned char *dst = shared_at(copy.dst, 16, 16, "cp.async");
     if (copy.src != nullptr)
         memcpy(dst, copy.src, 16);
     else
         memset(dst, 0, 16);
-    (void)c;
+    race_cp_async_land(issuer, dst);
 }
 
 void cp_async_16(uint32_t dst, const void *src, bool valid) {
@@ -427,6 +535,7 @@ void cp_async_16(uint32_t dst, const void *src, bool valid) {
     }
     ++c.counters.cp_async;
     // Until the copy lands, its destination reads as poison.
+    race_cp_async_issue(t, d);
     memset(d, kPoison, 16);
     if (t.groups.empty()) t.groups.emplace_back();
     t.groups.back().push_back(Copy{dst, valid ? static_cast<const unsigned char *>(src) : nullptr});
@@ -463,7 +572,7 @@ void cp_async_wait(int pending) {
     int to_land = committed - pending;
     auto g = t.groups.begin();
     for (; to_land > 0; --to_land, ++g)
-        for (const Copy &copy : *g) land(*t.owner, copy);
+        for (const Copy &copy : *g) land(t, copy);
     t.groups.erase(t.groups.begin(), g);
 }
 
@@ -475,7 +584,7 @@ static void land_one_early(Cta &c) {
             const size_t i = c.rng() % g.size();
             ThreadView *saved = tls_thread;
             tls_thread = &t;  // shared_at's errors name the copy's thread
-            land(c, g[i]);
+            land(t, g[i]);
             tls_thread = saved;
             // It stays in its group: landing it again at the wait rewrites the same bytes.
             return;
@@ -574,6 +683,7 @@ static void execute_ldmatrix(Cta &c, int w, bool trans) {
             ThreadView *saved = tls_thread;
             tls_thread = &t;  // an error names the lane that gave the address
             rows[j][i] = shared_at(addr[i], 16, 16, trans ? "ldmatrix.trans row" : "ldmatrix row");
+            if (kRacecheck) race_access(t, rows[j][i], 16, false, true);
             tls_thread = saved;
         }
         c.counters.ldmatrix_conflicts += phase_conflicts(addr, 8);
@@ -598,7 +708,10 @@ static void execute_ldmatrix(Cta &c, int w, bool trans) {
 static void execute(Cta &c, int w, Op op, uint32_t mask) {
     switch (op) {
         case Op::kNone: break;
-        case Op::kSyncWarp: ++c.counters.warp_syncs; break;
+        case Op::kSyncWarp:
+            ++c.counters.warp_syncs;
+            ++c.warps[w].syncs;
+            break;
         case Op::kShflXor: {
             for (int lane = 0; lane < 32; ++lane) {
                 if (!(mask >> lane & 1)) continue;
@@ -663,6 +776,7 @@ void collective(Op op, uint32_t mask) {
     }
     if (w.arrived == mask) {
         execute(c, t.warp, op, mask);
+        ++w.collectives;
         w.op = Op::kNone;
         for (int lane = 0; lane < 32; ++lane)
             if ((mask >> lane & 1) && lane != t.lane) make_ready(c, 32 * t.warp + lane);
@@ -709,7 +823,7 @@ static void thread_main(void *arg) {
     if (c.at_barrier > 0) fail("exits while %d thread(s) wait at __syncthreads", c.at_barrier);
     // Copies still in flight land before the CTA retires.
     for (std::vector<Copy> &g : t.groups)
-        for (const Copy &copy : g) land(c, copy);
+        for (const Copy &copy : g) land(t, copy);
     t.groups.clear();
     t.status = Status::kExited;
     ++c.exited;
@@ -786,7 +900,8 @@ static void run_cta(Launch &l, Cta &c, Stacks &stacks, uint3 block_idx, uint64_t
     c.grid_dim = l.grid;
     c.rng.seed(l.options.seed * 0x9e3779b97f4a7c15ull + linear_block);
     c.threads.resize(n);
-    c.warps.assign((n + 31) / 32, Warp{Op::kNone, 0, 0});
+    c.warps.assign((n + 31) / 32, Warp{Op::kNone, 0, 0, 0, 0});
+    if (kRacecheck) c.shadow.assign(c.smem_bytes, ByteShadow{{0, 0, -1, kPlain}, {{0, 0, -1, kPlain}, {0, 0, -1, kPlain}}, false});
     c.copy_phases.assign(c.warps.size(), {});
     c.victim_warp = int(c.rng() % c.warps.size());
     memset(c.smem, kPoison, c.smem_bytes);
@@ -894,6 +1009,49 @@ using namespace maskattn::cpu;
 // Defined in the kernels' translation unit (build.rs): referencing it keeps that
 // object, and with it the kernels' registrations, in the link.
 extern "C" void maskattn_cpu_kernels_anchor();
+
+#if defined(MASKATTN_CPU_RACECHECK)
+// The ThreadSanitizer instrumentation of the kernels' translation unit (compiled
+// with -fsanitize=thread, linked without ThreadSanitizer's runtime) calls these for
+// every load and store: shared-memory ones go to the race detector, the rest (the
+// stack, global memory) are ignored.
+static inline void tsan_access(void *p, size_t n, bool write) {
+    if (tls_thread == nullptr) return;
+    Thread &t = *static_cast<Thread *>(tls_thread);
+    race_access(t, static_cast<const unsigned char *>(p), n, write);
+}
+
+extern "C" {
+void __tsan_init() {}
+void __tsan_func_entry(void *) {}
+void __tsan_func_exit() {}
+void __tsan_read1(void *p) { tsan_access(p, 1, false); }
+void __tsan_read2(void *p) { tsan_access(p, 2, false); }
+void __tsan_read4(void *p) { tsan_access(p, 4, false); }
+void __tsan_read8(void *p) { tsan_access(p, 8, false); }
+void __tsan_read16(void *p) { tsan_access(p, 16, false); }
+void __tsan_write1(void *p) { tsan_access(p, 1, true); }
+void __tsan_write2(void *p) { tsan_access(p, 2, true); }
+void __tsan_write4(void *p) { tsan_access(p, 4, true); }
+void __tsan_write8(void *p) { tsan_access(p, 8, true); }
+void __tsan_write16(void *p) { tsan_access(p, 16, true); }
+void __tsan_unaligned_read2(void *p) { tsan_access(p, 2, false); }
+void __tsan_unaligned_read4(void *p) { tsan_access(p, 4, false); }
+void __tsan_unaligned_read8(void *p) { tsan_access(p, 8, false); }
+void __tsan_unaligned_read16(void *p) { tsan_access(p, 16, false); }
+void __tsan_unaligned_write2(void *p) { tsan_access(p, 2, true); }
+void __tsan_unaligned_write4(void *p) { tsan_access(p, 4, true); }
+void __tsan_unaligned_write8(void *p) { tsan_access(p, 8, true); }
+void __tsan_unaligned_write16(void *p) { tsan_access(p, 16, true); }
+void __tsan_read_range(void *p, unsigned long n) { tsan_access(p, n, false); }
+void __tsan_write_range(void *p, unsigned long n) { tsan_access(p, n, true); }
+// The dQ accumulation's float atomics (global memory): real atomics, nothing to check.
+int __tsan_atomic32_load(const volatile int *a, int) { return __atomic_load_n(a, __ATOMIC_SEQ_CST); }
+int __tsan_atomic32_compare_exchange_weak(volatile int *a, int *expected, int desired, int, int) {
+    return __atomic_compare_exchange_n(a, expected, desired, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
+}
+#endif
 
 extern "C" int32_t maskattn_cpu_check_mode(void) {
 #if defined(MASKATTN_CPU_RACECHECK)

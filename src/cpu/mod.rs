@@ -99,12 +99,16 @@ pub enum CheckMode {
     Plain,
     /// Plus AddressSanitizer and UndefinedBehaviorSanitizer over the kernels' plain C++.
     Memcheck,
+    /// Plus the shared-memory race detector: every shared access of the kernels, by
+    /// their plain C++ (through ThreadSanitizer's instrumentation) or by a primitive.
+    Racecheck,
 }
 
 /// The check mode of this build.
 pub fn check_mode() -> CheckMode {
     // SAFETY: a pure function of the build.
     match unsafe { ffi::maskattn_cpu_check_mode() } {
+        1 => CheckMode::Racecheck,
         2 => CheckMode::Memcheck,
         _ => CheckMode::Plain,
     }
