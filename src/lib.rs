@@ -4,8 +4,12 @@
 pub mod cases;
 pub mod emulator;
 mod error;
+pub mod kernels;
 #[allow(missing_docs, non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code)]
 mod ffi;
+// The backends' shared plans and host-array API: unused in a build with neither.
+#[cfg_attr(not(any(feature = "cuda", feature = "cpu")), allow(dead_code))]
+pub(crate) mod launch;
 pub mod mask;
 pub mod reference;
 pub mod rope;
@@ -23,5 +27,8 @@ pub mod cpu;
 pub mod candle;
 
 pub use error::{Error, Result};
+pub use kernels::Kernels;
+pub use launch::xattn::XAttnOutput;
+pub use launch::{KernelElement, Layout4};
 pub use mask::{Mask, MaskKind, Segment, VideoLayout};
 pub use shape::{AttnShape, DType, Element};

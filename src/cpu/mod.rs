@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::ffi;
+use crate::launch::{Backend, KernelArgs, KernelLaunch, Scalar};
 
 /// How the warps of each CTA are interleaved between synchronization points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,21 +115,12 @@ pub fn check_mode() -> CheckMode {
     }
 }
 
-/// Element types a CPU buffer holds: plain data the kernels read and write.
-pub trait HostScalar: Copy + Default + Send + Sync + 'static {}
-impl HostScalar for half::f16 {}
-impl HostScalar for half::bf16 {}
-impl HostScalar for f32 {}
-impl HostScalar for f64 {}
-impl HostScalar for i32 {}
-impl HostScalar for u8 {}
-
 type Registry = Arc<Mutex<BTreeMap<u64, u64>>>;
 
 /// A buffer in the CPU backend's "device memory": a host allocation of exactly
 /// `len` elements, registered with its handle so that launches may address it.
 #[derive(Debug)]
-pub struct CpuBuffer<T: HostScalar> {
+pub struct CpuBuffer<T: Scalar> {
     ptr: *mut T,
     len: usize,
     registry: Registry,
@@ -136,11 +128,11 @@ pub struct CpuBuffer<T: HostScalar> {
 
 // SAFETY: the buffer owns its allocation; kernels touch it only during a launch,
 // which borrows the handle and finishes before returning.
-unsafe impl<T: HostScalar> Send for CpuBuffer<T> {}
+unsafe impl<T: Scalar> Send for CpuBuffer<T> {}
 // SAFETY: as above; shared references only read (download) between launches.
-unsafe impl<T: HostScalar> Sync for CpuBuffer<T> {}
+unsafe impl<T: Scalar> Sync for CpuBuffer<T> {}
 
-impl<T: HostScalar> CpuBuffer<T> {
+impl<T: Scalar> CpuBuffer<T> {
     /// Elements.
     pub fn len(&self) -> usize {
         self.len
@@ -157,7 +149,7 @@ impl<T: HostScalar> CpuBuffer<T> {
     }
 }
 
-impl<T: HostScalar> Drop for CpuBuffer<T> {
+impl<T: Scalar> Drop for CpuBuffer<T> {
     fn drop(&mut self) {
         self.registry.lock().expect("registry lock").remove(&(self.ptr as u64));
         // SAFETY: ptr/len come from Box::into_raw of a boxed slice of len elements.
@@ -200,7 +192,7 @@ impl CpuBackend {
         *self.counters.lock().expect("counters lock") = Counters::default();
     }
 
-    fn alloc<T: HostScalar>(&self, data: Box<[T]>) -> CpuBuffer<T> {
+    fn alloc<T: Scalar>(&self, data: Box<[T]>) -> CpuBuffer<T> {
         let len = data.len();
         let ptr = Box::into_raw(data) as *mut T;
         self.registry.lock().expect("registry lock").insert(ptr as u64, (len * std::mem::size_of::<T>()) as u64);
@@ -208,17 +200,36 @@ impl CpuBackend {
     }
 
     /// Copies a host slice into a new buffer.
-    pub fn upload<T: HostScalar>(&self, host: &[T]) -> Result<CpuBuffer<T>> {
+    pub fn upload<T: Scalar>(&self, host: &[T]) -> Result<CpuBuffer<T>> {
         Ok(self.alloc(host.to_vec().into_boxed_slice()))
     }
 
     /// A zero-filled buffer of `len` elements.
-    pub fn zeros<T: HostScalar>(&self, len: usize) -> Result<CpuBuffer<T>> {
-        Ok(self.alloc(vec![T::default(); len].into_boxed_slice()))
+    pub fn zeros<T: Scalar>(&self, len: usize) -> Result<CpuBuffer<T>> {
+        // SAFETY: every Scalar (numbers and structs of them) is valid as zero bits.
+        Ok(self.alloc((0..len).map(|_| unsafe { std::mem::zeroed() }).collect()))
+    }
+
+    /// A buffer of NaN poison (all bits set), so that a kernel that reads scratch
+    /// before writing it computes NaN instead of stale zeros.
+    fn poisoned<T: Scalar>(&self, len: usize) -> CpuBuffer<T> {
+        self.alloc(
+            (0..len)
+                .map(|_| {
+                    let mut x = std::mem::MaybeUninit::<T>::uninit();
+                    // SAFETY: every Scalar is valid for any bit pattern (integers, floats
+                    // and structs of them), so all-ones is a value.
+                    unsafe {
+                        x.as_mut_ptr().write_bytes(0xff, 1);
+                        x.assume_init()
+                    }
+                })
+                .collect(),
+        )
     }
 
     /// Copies a buffer out.
-    pub fn download<T: HostScalar>(&self, buf: &CpuBuffer<T>) -> Result<Vec<T>> {
+    pub fn download<T: Scalar>(&self, buf: &CpuBuffer<T>) -> Result<Vec<T>> {
         // SAFETY: the buffer is live and no launch runs (launches are synchronous
         // and borrow the handle for their duration).
         Ok(unsafe { std::slice::from_raw_parts(buf.ptr, buf.len) }.to_vec())
@@ -228,7 +239,7 @@ impl CpuBackend {
     /// and argument struct (`P` is `#[repr(C)]`: the kernel's params struct, or a
     /// struct whose fields are its arguments in order). Every address in `params`
     /// must point into a live buffer of this handle.
-    pub(crate) fn launch_raw<P: Copy>(
+    fn launch_raw<P: Copy>(
         &self,
         name: &str,
         grid: (u32, u32, u32),
@@ -289,5 +300,41 @@ impl CpuBackend {
         Ok(())
     }
 }
-#[cfg(test)]
-mod scratch;
+
+impl Backend for CpuBackend {
+    type Buf<T: Scalar> = CpuBuffer<T>;
+    // Launches are synchronous: nothing to keep in order.
+    type Access<'a> = ();
+
+    fn upload<T: Scalar>(&self, host: &[T]) -> Result<CpuBuffer<T>> {
+        CpuBackend::upload(self, host)
+    }
+
+    fn zeros<T: Scalar>(&self, len: usize) -> Result<CpuBuffer<T>> {
+        CpuBackend::zeros(self, len)
+    }
+
+    unsafe fn scratch<T: Scalar>(&self, len: usize) -> Result<CpuBuffer<T>> {
+        Ok(self.poisoned(len))
+    }
+
+    fn download<T: Scalar>(&self, buf: &CpuBuffer<T>) -> Result<Vec<T>> {
+        CpuBackend::download(self, buf)
+    }
+
+    fn len<T: Scalar>(&self, buf: &CpuBuffer<T>) -> usize {
+        buf.len
+    }
+
+    fn addr<'a, T: Scalar>(&'a self, buf: &'a CpuBuffer<T>) -> (u64, ()) {
+        (buf.addr(), ())
+    }
+
+    fn addr_mut<'a, T: Scalar>(&'a self, buf: &'a mut CpuBuffer<T>) -> (u64, ()) {
+        (buf.addr(), ())
+    }
+
+    unsafe fn launch<P: KernelArgs>(&self, l: &KernelLaunch<P>) -> Result<()> {
+        self.launch_raw(&l.kernel, l.grid, l.block, l.smem_bytes, &l.params)
+    }
+}

@@ -3,9 +3,10 @@
 
 use cudarc::driver::{sys::CUevent_flags, CudaSlice};
 
-use super::attention::{DeviceMask, DeviceTensor, DeviceTensorMut, KernelElement};
+use super::attention::{DeviceMask, DeviceTensor, DeviceTensorMut};
 use super::backward::DeviceBackwardMask;
 use super::Gpu;
+use super::KernelElement;
 use crate::cases::Case;
 use crate::error::Result;
 use crate::mask::Mask;

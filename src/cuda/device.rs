@@ -2,15 +2,17 @@
 
 use std::sync::{Arc, OnceLock};
 
+use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
-    ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+    PushKernelArg, SyncOnDrop, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
+use crate::launch::{self, Backend, KernelArgs, KernelLaunch, Scalar};
 use crate::mask::Mask;
-use crate::tiles::{TileClass, TileShape};
+use crate::tiles::{TileClass, TileShape, TileSummary};
 
 /// Every kernel of csrc/, compiled by build.rs: SASS for sm_80 and sm_90a, PTX for
 /// compute_80 (the driver JITs it on newer GPUs).
@@ -113,7 +115,7 @@ impl Gpu {
     }
 
     /// A kernel of the embedded fatbin by its `extern "C"` name.
-    pub(crate) fn function(&self, name: &str) -> Result<CudaFunction> {
+    fn function(&self, name: &str) -> Result<CudaFunction> {
         self.module.load_function(name).map_err(|e| Error::Cuda(format!("kernel {name}: {e}")))
     }
 
@@ -121,21 +123,77 @@ impl Gpu {
     /// tile]`, computed on the device by the kernels' own classification code. Equal
     /// to [`crate::tiles::tile_classes`] (tests/gpu_smoke.rs checks it).
     pub fn tile_classes(&self, mask: &Mask, shape: TileShape) -> Result<Vec<TileClass>> {
-        let (qt, kt) = (mask.len_q().div_ceil(shape.block_m()), mask.len_k().div_ceil(shape.block_n()));
-        if qt > i32::MAX as usize {
-            return Err(Error::Unsupported(format!("{qt} query tiles exceed the grid")));
+        launch::classes::tile_classes(self, mask, shape)
+    }
+}
+
+// SAFETY: 11 `i32` (#[repr(C)]), copied to the device as an array; every bit
+// pattern, zero included, is a valid summary.
+unsafe impl DeviceRepr for TileSummary {}
+// SAFETY: as above.
+unsafe impl ValidAsZeroBits for TileSummary {}
+
+/// One kernel parameter inside a [`KernelArgs`] value: cudarc hands the driver a
+/// pointer to it, and the driver copies the parameter's size, which the kernel's
+/// signature gives, from there.
+#[repr(transparent)]
+struct Param(u8);
+
+// SAFETY: only ever a pointer to a parameter of the kernel's type (`KernelArgs`).
+unsafe impl DeviceRepr for Param {}
+
+/// The GPU backend: everything on this handle's stream. Accesses are cudarc's event
+/// guards, so buffers shared with other streams stay ordered with the launches.
+impl Backend for Gpu {
+    type Buf<T: Scalar> = CudaSlice<T>;
+    type Access<'a> = SyncOnDrop<'a>;
+
+    fn upload<T: Scalar>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        Gpu::upload(self, host)
+    }
+
+    fn zeros<T: Scalar>(&self, len: usize) -> Result<CudaSlice<T>> {
+        Gpu::zeros(self, len)
+    }
+
+    unsafe fn scratch<T: Scalar>(&self, len: usize) -> Result<CudaSlice<T>> {
+        // SAFETY: the caller writes it before reading it (the trait's contract).
+        Ok(unsafe { self.stream.alloc::<T>(len) }?)
+    }
+
+    fn download<T: Scalar>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
+        Gpu::download(self, buf)
+    }
+
+    fn len<T: Scalar>(&self, buf: &CudaSlice<T>) -> usize {
+        buf.len()
+    }
+
+    fn addr<'a, T: Scalar>(&'a self, buf: &'a CudaSlice<T>) -> (u64, SyncOnDrop<'a>) {
+        buf.device_ptr(&self.stream)
+    }
+
+    fn addr_mut<'a, T: Scalar>(&'a self, buf: &'a mut CudaSlice<T>) -> (u64, SyncOnDrop<'a>) {
+        buf.device_ptr_mut(&self.stream)
+    }
+
+    unsafe fn launch<P: KernelArgs>(&self, l: &KernelLaunch<P>) -> Result<()> {
+        let f = self.function(&l.kernel)?;
+        if l.smem_bytes > 48 * 1024 {
+            f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, l.smem_bytes as i32)?;
         }
-        let intervals = self.upload(mask.as_flat())?;
-        let mut classes = self.zeros::<i32>(qt * kt)?;
-        let f = self.function("maskattn_tile_classes")?;
-        let (lq, lk, bm, bn) =
-            (mask.len_q() as i32, mask.len_k() as i32, shape.block_m() as i32, shape.block_n() as i32);
-        let mut launch = self.stream.launch_builder(&f);
-        launch.arg(&intervals).arg(&lq).arg(&lk).arg(&bm).arg(&bn).arg(&mut classes);
-        let cfg = LaunchConfig { grid_dim: (qt as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: the arguments match the kernel's signature; `classes` holds
-        // qt * kt ints, and the kernel writes [qt][kt] only.
-        unsafe { launch.launch(cfg) }?;
-        Ok(self.download(&classes)?.into_iter().map(TileClass::from_raw).collect())
+        let mut builder = self.stream.launch_builder(&f);
+        let base = std::ptr::from_ref(&l.params).cast::<u8>();
+        for &offset in P::OFFSETS {
+            // SAFETY: KernelArgs puts a parameter of the kernel's type at `offset`
+            // inside `l.params`, which outlives the launch call.
+            builder.arg(unsafe { &*base.add(offset).cast::<Param>() });
+        }
+        let cfg = LaunchConfig { grid_dim: l.grid, block_dim: l.block, shared_mem_bytes: l.smem_bytes };
+        // SAFETY: the parameters are the kernel's, in order (KernelArgs); the caller
+        // vouches for the addresses in them (the trait's contract), and the plan for
+        // the grid and shared memory.
+        unsafe { builder.launch(cfg) }?;
+        Ok(())
     }
 }

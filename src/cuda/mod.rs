@@ -1,5 +1,7 @@
 //! The GPU side: the CUDA driver (through cudarc), the embedded kernels and their
-//! safe wrappers.
+//! safe wrappers. The wrappers' checks, params and grids are the backend-neutral
+//! plans of src/launch, which the CPU backend shares; here they are launched with
+//! cudarc on the handle's stream.
 //!
 //! Everything here returns errors as values. A machine without the NVIDIA driver
 //! gets [`Error::NoDriver`](crate::Error::NoDriver) from [`Gpu::new`] (cudarc itself
@@ -19,13 +21,16 @@ mod ptxas;
 mod rope;
 mod xattention;
 
-pub use attention::{DeviceMask, DeviceTensor, DeviceTensorMut, KernelElement, Layout4};
-pub use backward::{backward_tiles, DeviceBackwardMask};
+pub use crate::launch::backward::backward_tiles;
+pub use crate::launch::xattn::{XAttnOutput, XATTN_HEAD_DIMS, XATTN_MAX_KEY_BLOCKS, XATTN_SCRATCH_BUDGET};
+pub use crate::launch::{KernelElement, Layout4};
+pub use attention::{DeviceMask, DeviceTensor, DeviceTensorMut};
+pub use backward::DeviceBackwardMask;
 pub use bench::{BackwardCaseBuffers, CaseBuffers};
 pub use cudarc;
 pub use device::{driver_available, Gpu};
 pub use ptxas::{kernel_resources, KernelResources, PTXAS_REPORT};
-pub use xattention::{xattn_structured_inputs, XAttnOutput, XATTN_HEAD_DIMS, XATTN_MAX_KEY_BLOCKS, XATTN_SCRATCH_BUDGET};
+pub use xattention::xattn_structured_inputs;
 
 impl From<cudarc::driver::DriverError> for crate::Error {
     fn from(e: cudarc::driver::DriverError) -> Self {

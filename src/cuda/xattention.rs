@@ -7,7 +7,7 @@
 //!   never written: each logit is computed once and reduced on the fly to one
 //!   log-sum-exp per (downsampled row, key block), kept in a scratch buffer of
 //!   `4 * ceil(L_q/S) * nKb` bytes per (batch, head) (`R = 128/S` times the scores).
-//!   The scratch is bounded by launching at most [`XATTN_SCRATCH_BUDGET`] bytes'
+//!   The scratch is bounded by launching at most [`XATTN_SCRATCH_BUDGET`](super::XATTN_SCRATCH_BUDGET) bytes'
 //!   worth of (batch, head) pairs at a time (always at least one pair).
 //! - [`Gpu::xattn_select`]: the block selection (definition 7) of device scores, as
 //!   the dense `u8[B][H][nQb][nKb]` of [`BlockSelection`]. The mass, the threshold
@@ -18,67 +18,16 @@
 //! Every input is checked before a launch (stride, tau, head dim, shapes, strides,
 //! alignment, buffer bounds); a bad call is an error value.
 
-use cudarc::driver::{CudaSlice, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaViewMut};
 use ndarray::{Array4, ArrayView4};
 
-use super::attention::{DeviceMask, DeviceTensor, DeviceTensorMut, KernelElement, Layout4};
-use super::Gpu;
-use crate::error::{invalid, Error, Result};
-use crate::ffi;
+use super::attention::{buf_arg, DeviceMask, DeviceTensor, DeviceTensorMut};
+use super::{Gpu, KernelElement};
+use crate::error::Result;
+use crate::launch::{self, xattn::XAttnOutput};
 use crate::mask::Mask;
 use crate::shape::{AttnShape, Element};
-use crate::xattention::{BlockSelection, XAttnConfig, BLOCK};
-
-/// Head dims the scoring kernels are compiled for.
-pub const XATTN_HEAD_DIMS: [usize; 3] = [64, 96, 128];
-
-/// Largest `nKb = ceil(Lk / 128)` the selection kernel sorts (1M keys).
-pub const XATTN_MAX_KEY_BLOCKS: usize = ffi::MASKATTN_XATTN_SELECT_MAX_KEY_BLOCKS as usize;
-
-/// Bytes of scoring scratch one launch may use (several launches cover the
-/// (batch, head) pairs when they need more; a single pair may exceed it).
-pub const XATTN_SCRATCH_BUDGET: usize = 512 << 20;
-
-const DYNAMIC_SMEM_ATTR: cudarc::driver::sys::CUfunction_attribute =
-    cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-
-// SAFETY: plain C structs of pointers and numbers, passed by value to the kernels.
-unsafe impl DeviceRepr for ffi::MaskattnXattnScoreParams {}
-unsafe impl DeviceRepr for ffi::MaskattnXattnSelectParams {}
-
-fn to_i32(what: &str, n: usize) -> Result<i32> {
-    i32::try_from(n).map_err(|_| Error::Unsupported(format!("{what} = {n} exceeds the kernels' 32-bit indices")))
-}
-
-/// Sizes of the scoring problem, checked against the kernels' limits.
-#[derive(Debug, Clone, Copy)]
-struct ScoreGeometry {
-    n_q_rows: usize,
-    n_k_cols: usize,
-    n_q_blocks: usize,
-    n_k_blocks: usize,
-    row_blocks: usize,
-}
-
-impl ScoreGeometry {
-    fn new(sh: &AttnShape, stride: usize) -> Result<Self> {
-        to_i32("len_q", sh.len_q)?;
-        to_i32("len_k", sh.len_k)?;
-        to_i32("batch * heads_q", sh.batch.saturating_mul(sh.heads_q))?;
-        let n_q_rows = sh.len_q.div_ceil(stride);
-        let row_blocks = n_q_rows.div_ceil(ffi::MASKATTN_XATTN_SCORE_ROWS as usize);
-        if row_blocks > 65535 {
-            return Err(Error::Unsupported(format!("len_q = {} needs {row_blocks} > 65535 row blocks", sh.len_q)));
-        }
-        Ok(Self {
-            n_q_rows,
-            n_k_cols: sh.len_k.div_ceil(stride),
-            n_q_blocks: sh.len_q.div_ceil(BLOCK),
-            n_k_blocks: sh.len_k.div_ceil(BLOCK),
-            row_blocks,
-        })
-    }
-}
+use crate::xattention::{BlockSelection, XAttnConfig};
 
 impl Gpu {
     /// XAttention block scores `[B, Hq, ceil(Lq/128), ceil(Lk/128)]` (row-major f32)
@@ -93,83 +42,12 @@ impl Gpu {
         k: &DeviceTensor<T>,
         cfg: &XAttnConfig,
     ) -> Result<CudaSlice<f32>> {
-        let sh = AttnShape::of_qkv(&q.layout.dims, &k.layout.dims, &k.layout.dims)?;
-        cfg.validate_heads(sh.heads_q)?;
-        if !XATTN_HEAD_DIMS.contains(&sh.head_dim) {
-            return Err(Error::Unsupported(format!(
-                "XAttention scoring head dim {} (supported: {XATTN_HEAD_DIMS:?})",
-                sh.head_dim
-            )));
-        }
-        let g = ScoreGeometry::new(&sh, cfg.stride)?;
-        let smem = match sh.head_dim {
-            64 => ffi::MASKATTN_XATTN_SCORE_SMEM_D64,
-            96 => ffi::MASKATTN_XATTN_SCORE_SMEM_D96,
-            _ => ffi::MASKATTN_XATTN_SCORE_SMEM_D128,
-        };
-        let pairs = sh.batch * sh.heads_q;
-        let pair_scratch = g.n_q_rows * g.n_k_blocks;
-        let per_launch = (XATTN_SCRATCH_BUDGET / 4 / pair_scratch.max(1)).clamp(1, pairs);
-        let f = self.function(&format!("maskattn_xattn_scores_{}_d{}_s{}", T::KERNEL_NAME, sh.head_dim, cfg.stride))?;
-        let mut scores = self.zeros::<f32>(pairs * g.n_q_blocks * g.n_k_blocks)?;
-        let mut scratch = self.zeros::<f32>(per_launch * pair_scratch)?;
-
         let stream = self.stream();
-        let (q_ptr, _q_sync) = q.data.device_ptr(stream);
-        let (k_ptr, _k_sync) = k.data.device_ptr(stream);
-        q.layout.check("q", q_ptr, q.data.len(), 2)?;
-        k.layout.check("k", k_ptr, k.data.len(), 2)?;
-        let (scores_ptr, _scores_sync) = scores.device_ptr_mut(stream);
-        let (scratch_ptr, _scratch_sync) = scratch.device_ptr_mut(stream);
-        if smem > 48 * 1024 {
-            f.set_attribute(DYNAMIC_SMEM_ATTR, smem as i32)?;
-        }
-        let st = |l: &Layout4| l.strides.map(|s| s as i64);
-        let ([qb, qr, qh, _], [kb, kr, kh, _]) = (st(&q.layout), st(&k.layout));
-        let scale_log2 = (std::f64::consts::LOG2_E / (cfg.stride as f64 * (sh.head_dim as f64).sqrt())) as f32;
-        for bh_begin in (0..pairs).step_by(per_launch) {
-            let params = ffi::MaskattnXattnScoreParams {
-                q: q_ptr as *const _,
-                k: k_ptr as *const _,
-                scores: scores_ptr as *mut f32,
-                scratch: scratch_ptr as *mut f32,
-                q_batch_stride: qb,
-                q_row_stride: qr,
-                q_head_stride: qh,
-                k_batch_stride: kb,
-                k_row_stride: kr,
-                k_head_stride: kh,
-                batch: sh.batch as i32,
-                heads_q: sh.heads_q as i32,
-                heads_kv: sh.heads_kv as i32,
-                len_q: sh.len_q as i32,
-                len_k: sh.len_k as i32,
-                head_dim: sh.head_dim as i32,
-                stride: cfg.stride as i32,
-                n_q_rows: g.n_q_rows as i32,
-                n_k_cols: g.n_k_cols as i32,
-                n_q_blocks: g.n_q_blocks as i32,
-                n_k_blocks: g.n_k_blocks as i32,
-                bh_begin: bh_begin as i32,
-                causal: i32::from(cfg.causal),
-                scale_log2,
-            };
-            let launch_cfg = LaunchConfig {
-                grid_dim: ((per_launch.min(pairs - bh_begin)) as u32, g.row_blocks as u32, 1),
-                block_dim: (ffi::MASKATTN_XATTN_SCORE_THREADS, 1, 1),
-                shared_mem_bytes: smem,
-            };
-            let mut launch = stream.launch_builder(&f);
-            launch.arg(&params);
-            // SAFETY: q and k were checked above to cover every element the kernel
-            // addresses (dims, strides, 16-byte alignment, bounds); `scores` holds
-            // B*Hq*nQb*nKb floats and `scratch` nQs*nKb floats for each of this
-            // launch's grid.x (batch, head) pairs, the only ranges the kernel
-            // touches; the shared memory is the size the kernel was compiled for.
-            unsafe { launch.launch(launch_cfg) }?;
-        }
-        drop((_scores_sync, _scratch_sync));
-        Ok(scores)
+        let (q, _q) = q.arg(stream);
+        let (k, _k) = k.arg(stream);
+        // SAFETY: q and k are live device views with their own lengths, whose guards
+        // are held until after the launches are queued.
+        unsafe { launch::xattn::block_scores::<Gpu, T>(self, &q, &k, cfg) }
     }
 
     /// XAttention block selection (definition 7 of [`crate::xattention`]) of device
@@ -188,71 +66,10 @@ impl Gpu {
         len_q: usize,
         len_k: usize,
     ) -> Result<CudaSlice<u8>> {
-        cfg.validate_heads(heads)?;
-        for (what, n) in [("batch", batch), ("heads", heads), ("len_q", len_q), ("len_k", len_k)] {
-            if n == 0 {
-                return Err(invalid(what, "must be >= 1"));
-            }
-            to_i32(what, n)?;
-        }
-        let (nqb, nkb) = (len_q.div_ceil(BLOCK), len_k.div_ceil(BLOCK));
-        let rows = [batch, heads, nqb].into_iter().try_fold(1usize, |a, x| a.checked_mul(x));
-        let total = rows.and_then(|r| r.checked_mul(nkb));
-        if total != Some(scores.len()) {
-            return Err(Error::Shape(format!(
-                "{} scores, expected B*H*nQb*nKb = {batch}*{heads}*{nqb}*{nkb}",
-                scores.len()
-            )));
-        }
-        let rows = rows.expect("checked with total");
-        if rows > i32::MAX as usize {
-            return Err(Error::Unsupported(format!("{rows} block rows exceed the grid")));
-        }
-        if nkb > XATTN_MAX_KEY_BLOCKS {
-            return Err(Error::Unsupported(format!(
-                "{nkb} key blocks (len_k = {len_k}); the selection kernel sorts at most {XATTN_MAX_KEY_BLOCKS}"
-            )));
-        }
-        let sort_size = nkb.next_power_of_two();
-        let smem = (9 * sort_size) as u32;
-        let tau: Vec<f64> = (0..heads).map(|h| cfg.tau.for_head(h)).collect();
-        let tau = self.upload(&tau)?;
-        let mut selected = self.zeros::<u8>(scores.len())?;
-        let f = self.function("maskattn_xattn_select")?;
-        if smem > 48 * 1024 {
-            f.set_attribute(DYNAMIC_SMEM_ATTR, smem as i32)?;
-        }
-        let stream = self.stream();
-        {
-            let (scores_ptr, _scores_sync) = scores.device_ptr(stream);
-            let (tau_ptr, _tau_sync) = tau.device_ptr(stream);
-            let (sel_ptr, _sel_sync) = selected.device_ptr_mut(stream);
-            let params = ffi::MaskattnXattnSelectParams {
-                scores: scores_ptr as *const f32,
-                tau: tau_ptr as *const f64,
-                selected: sel_ptr as *mut u8,
-                batch: batch as i32,
-                heads: heads as i32,
-                len_q: len_q as i32,
-                len_k: len_k as i32,
-                n_q_blocks: nqb as i32,
-                n_k_blocks: nkb as i32,
-                sort_size: sort_size as i32,
-                causal: i32::from(cfg.causal),
-            };
-            let launch_cfg = LaunchConfig {
-                grid_dim: (rows as u32, 1, 1),
-                block_dim: (ffi::MASKATTN_XATTN_SELECT_THREADS, 1, 1),
-                shared_mem_bytes: smem,
-            };
-            let mut launch = stream.launch_builder(&f);
-            launch.arg(&params);
-            // SAFETY: `scores` and `selected` hold B*H*nQb*nKb elements and `tau` H
-            // doubles, the ranges the kernel addresses (one block row per CTA); the
-            // shared memory is 9 bytes per entry of the sort (sort_size >= nKb).
-            unsafe { launch.launch(launch_cfg) }?;
-        }
-        Ok(selected)
+        let (scores, _scores) = buf_arg(scores, self.stream());
+        // SAFETY: a live device buffer with its own length, whose guard is held until
+        // after the launch is queued.
+        unsafe { launch::xattn::select(self, scores, batch, heads, cfg, len_q, len_k) }
     }
 
     /// [`Gpu::xattn_select`] of host scores `[B, H, nQb, nKb]`: uploads, selects and
@@ -265,10 +82,7 @@ impl Gpu {
         len_q: usize,
         len_k: usize,
     ) -> Result<BlockSelection> {
-        let &[batch, heads, _, _] = scores.shape() else { unreachable!("4-d view") };
-        let dev = self.upload(scores.as_standard_layout().as_slice().expect("standard layout"))?;
-        let sel = self.xattn_select(&dev, batch, heads, cfg, len_q, len_k)?;
-        BlockSelection::from_bytes(batch, heads, len_q, len_k, cfg.causal, self.download(&sel)?)
+        launch::xattn::xattn_select_scores(self, scores, cfg, len_q, len_k)
     }
 
     /// Both XAttention kernels on host arrays Q `[B, Lq, Hq, D]` and K
@@ -281,38 +95,9 @@ impl Gpu {
         k: ArrayView4<T>,
         cfg: &XAttnConfig,
     ) -> Result<(Array4<f32>, BlockSelection)> {
-        let sh = AttnShape::of_qkv(q.shape(), k.shape(), k.shape())?;
-        cfg.validate_heads(sh.heads_q)?;
-        let dims = |a: &ArrayView4<T>| <[usize; 4]>::try_from(a.shape()).expect("4-d");
-        let upload = |a: &ArrayView4<T>| self.upload(a.as_standard_layout().as_slice().expect("standard layout"));
-        let (dq, dk) = (upload(&q)?, upload(&k)?);
-        let scores = self.xattn_block_scores(
-            &DeviceTensor::contiguous(&dq, dims(&q)),
-            &DeviceTensor::contiguous(&dk, dims(&k)),
-            cfg,
-        )?;
-        let sel = self.xattn_select(&scores, sh.batch, sh.heads_q, cfg, sh.len_q, sh.len_k)?;
-        let (nqb, nkb) = (sh.len_q.div_ceil(BLOCK), sh.len_k.div_ceil(BLOCK));
-        let scores =
-            Array4::from_shape_vec((sh.batch, sh.heads_q, nqb, nkb), self.download(&scores)?).expect("sizes match");
-        let sel =
-            BlockSelection::from_bytes(sh.batch, sh.heads_q, sh.len_q, sh.len_k, cfg.causal, self.download(&sel)?)?;
-        Ok((scores, sel))
+        launch::xattn::xattn_select_blocks(self, q, k, cfg)
     }
-}
 
-/// What [`Gpu::xattention_host`] returns.
-#[derive(Debug, Clone)]
-pub struct XAttnOutput<T> {
-    /// Attention output `[B, Lq, Hq, D]`.
-    pub out: Array4<T>,
-    /// LSE `[B, Hq, Lq]`, natural log.
-    pub lse: ndarray::Array3<f32>,
-    /// The blocks that were computed (ANDed with the mask), for inspection.
-    pub selection: BlockSelection,
-}
-
-impl Gpu {
     /// XAttention end to end on the device: block scores ([`Gpu::xattn_block_scores`]),
     /// selection ([`Gpu::xattn_select`]) and block-sparse attention with the selection
     /// ANDed to `mask` ([`Gpu::attention_forward_block_sparse`]; K and V shared by the
@@ -344,36 +129,7 @@ impl Gpu {
         cfg: &XAttnConfig,
         mask: &Mask,
     ) -> Result<XAttnOutput<T>> {
-        let sh = AttnShape::new(q.shape(), k.shape(), v.shape(), mask)?;
-        cfg.validate_heads(sh.heads_q)?;
-        let dims = |a: &ArrayView4<T>| <[usize; 4]>::try_from(a.shape()).expect("4-d");
-        let upload = |a: &ArrayView4<T>| self.upload(a.as_standard_layout().as_slice().expect("standard layout"));
-        let (dq, dk, dv) = (upload(&q)?, upload(&k)?, upload(&v)?);
-        let device_mask = self.upload_mask(mask, sh.head_dim)?;
-        let mut out = self.zeros::<T>(q.len())?;
-        let mut lse = self.zeros::<f32>(sh.batch * sh.heads_q * sh.len_q)?;
-        let selection = self.xattention(
-            &DeviceTensor::contiguous(&dq, dims(&q)),
-            &DeviceTensor::contiguous(&dk, dims(&k)),
-            &DeviceTensor::contiguous(&dv, dims(&v)),
-            cfg,
-            &device_mask,
-            &mut DeviceTensorMut::contiguous(&mut out, dims(&q)),
-            &mut lse.as_view_mut(),
-        )?;
-        Ok(XAttnOutput {
-            out: Array4::from_shape_vec(dims(&q), self.download(&out)?).expect("sizes match"),
-            lse: ndarray::Array3::from_shape_vec((sh.batch, sh.heads_q, sh.len_q), self.download(&lse)?)
-                .expect("sizes match"),
-            selection: BlockSelection::from_bytes(
-                sh.batch,
-                sh.heads_q,
-                sh.len_q,
-                sh.len_k,
-                cfg.causal,
-                self.download(&selection)?,
-            )?,
-        })
+        launch::xattn::xattention(self, q, k, v, cfg, mask)
     }
 }
 

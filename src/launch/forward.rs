@@ -1,0 +1,361 @@
+//! The forward attention kernel (csrc/flash_fwd.cu), with or without an XAttention
+//! block selection: every input is checked before the launch (shapes against each
+//! other and the mask, head dim, strides, alignment, buffer bounds), so a bad call is
+//! an error value, never an out-of-bounds kernel.
+
+use ndarray::{Array3, Array4, ArrayView4};
+
+use super::{
+    check_lse, check_mask_lens, download_array, kernel_scale, qkv_dims, upload_array, Backend, BufArg, KernelElement,
+    KernelLaunch, Layout4, TensorArg,
+};
+use crate::error::{Error, Result};
+use crate::ffi;
+use crate::mask::Mask;
+use crate::shape::AttnShape;
+use crate::tiles::{self, TileShape};
+use crate::xattention::BlockSelection;
+
+const SELECT_BLOCK: usize = ffi::MASKATTN_SELECT_BLOCK as usize;
+
+/// A mask prepared on a backend for the forward kernel: its row intervals and the
+/// launch order of its query tiles (heaviest first) for the kernel's tiles at one
+/// head dim.
+#[derive(Debug)]
+pub(crate) struct ForwardMask<B: Backend> {
+    intervals: B::Buf<i32>,
+    tile_order: B::Buf<i32>,
+    query_tiles: usize,
+    len_q: usize,
+    len_k: usize,
+    tiles: TileShape,
+}
+
+/// A [`ForwardMask`] as the plan sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ForwardMaskArgs {
+    intervals: u64,
+    tile_order: u64,
+    query_tiles: usize,
+    len_q: usize,
+    len_k: usize,
+    tiles: TileShape,
+}
+
+impl<B: Backend> ForwardMask<B> {
+    /// Uploads `mask`'s tables for the forward kernel at head dim `head_dim` (a few
+    /// KB even at 128K tokens: 16 bytes per row plus 4 per query tile).
+    pub(crate) fn new(b: &B, mask: &Mask, head_dim: usize) -> Result<Self> {
+        let tiles = tiles::forward_tiles(head_dim)?;
+        let order = tiles::query_tile_order(mask, tiles);
+        if order.len() > 65535 {
+            return Err(Error::Unsupported(format!("{} query tiles exceed the grid's 65535", order.len())));
+        }
+        Ok(Self {
+            intervals: b.upload(mask.as_flat())?,
+            tile_order: b.upload(&order)?,
+            query_tiles: order.len(),
+            len_q: mask.len_q(),
+            len_k: mask.len_k(),
+            tiles,
+        })
+    }
+
+    /// Query rows.
+    pub(crate) fn len_q(&self) -> usize {
+        self.len_q
+    }
+
+    /// Keys.
+    pub(crate) fn len_k(&self) -> usize {
+        self.len_k
+    }
+
+    /// The tables' addresses for launches on `b`.
+    pub(crate) fn args<'a>(&'a self, b: &'a B) -> (ForwardMaskArgs, [B::Access<'a>; 2]) {
+        let (intervals, intervals_access) = b.addr(&self.intervals);
+        let (tile_order, order_access) = b.addr(&self.tile_order);
+        let args = ForwardMaskArgs {
+            intervals,
+            tile_order,
+            query_tiles: self.query_tiles,
+            len_q: self.len_q,
+            len_k: self.len_k,
+            tiles: self.tiles,
+        };
+        (args, [intervals_access, order_access])
+    }
+}
+
+/// What the forward kernel reads and writes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ForwardArgs {
+    pub q: TensorArg,
+    pub k: TensorArg,
+    pub v: TensorArg,
+    pub mask: ForwardMaskArgs,
+    /// `u8 [B][Hq][ceil(Lq/128)][ceil(Lk/128)]`, nonzero = the block is computed.
+    pub selection: Option<BufArg>,
+    pub scale: Option<f32>,
+    pub out: TensorArg,
+    /// `f32 [B, Hq, Lq]`.
+    pub lse: BufArg,
+}
+
+/// The forward launch: one CTA per (batch * query head, query tile in the mask's
+/// launch order). Its addresses cover every element the kernel addresses (dims,
+/// strides, alignment, bounds, disjoint output rows, the selection's and the LSE's
+/// lengths); its shared memory is what the kernel was compiled for.
+pub(crate) fn plan<T: KernelElement>(a: &ForwardArgs) -> Result<KernelLaunch<ffi::MaskattnFwdParams>> {
+    let sh = AttnShape::of_qkv(&a.q.layout.dims, &a.k.layout.dims, &a.v.layout.dims)?;
+    check_mask_lens(&sh, a.mask.len_q, a.mask.len_k)?;
+    if a.out.layout.dims != a.q.layout.dims {
+        return Err(Error::Shape(format!("out dims {:?} differ from q's {:?}", a.out.layout.dims, a.q.layout.dims)));
+    }
+    let tiles = tiles::forward_tiles(sh.head_dim)?;
+    if tiles != a.mask.tiles {
+        return Err(Error::Shape(format!(
+            "the mask was uploaded for {:?} tiles, head dim {} needs {tiles:?}",
+            a.mask.tiles, sh.head_dim
+        )));
+    }
+    if sh.batch * sh.heads_q > i32::MAX as usize {
+        return Err(Error::Unsupported("batch * heads_q exceeds the grid".into()));
+    }
+    let select_k_blocks = sh.len_k.div_ceil(SELECT_BLOCK);
+    let select_len = sh.batch * sh.heads_q * sh.len_q.div_ceil(SELECT_BLOCK) * select_k_blocks;
+    if let Some(sel) = &a.selection {
+        if sel.len != select_len {
+            return Err(Error::Shape(format!(
+                "the block selection holds {} bytes, B*Hq*ceil(Lq/128)*ceil(Lk/128) = {select_len}",
+                sel.len
+            )));
+        }
+    }
+    check_lse(&a.lse, &sh)?;
+    let scale = kernel_scale(a.scale, sh.head_dim)?;
+    let smem = match sh.head_dim {
+        64 => ffi::MASKATTN_FWD_SMEM_D64,
+        96 => ffi::MASKATTN_FWD_SMEM_D96,
+        _ => ffi::MASKATTN_FWD_SMEM_D128,
+    };
+    a.q.check::<T>("q")?;
+    a.k.check::<T>("k")?;
+    a.v.check::<T>("v")?;
+    a.out.check_output::<T>("out")?;
+
+    let st = |l: &Layout4| l.strides.map(|s| s as i64);
+    let ([qb, qr, qh, _], [kb, kr, kh, _], [vb, vr, vh, _], [ob, or, oh, _]) =
+        (st(&a.q.layout), st(&a.k.layout), st(&a.v.layout), st(&a.out.layout));
+    let params = ffi::MaskattnFwdParams {
+        q: a.q.addr as *const _,
+        k: a.k.addr as *const _,
+        v: a.v.addr as *const _,
+        o: a.out.addr as *mut _,
+        lse: a.lse.addr as *mut f32,
+        intervals: a.mask.intervals as *const i32,
+        tile_order: a.mask.tile_order as *const i32,
+        q_batch_stride: qb,
+        q_row_stride: qr,
+        q_head_stride: qh,
+        k_batch_stride: kb,
+        k_row_stride: kr,
+        k_head_stride: kh,
+        v_batch_stride: vb,
+        v_row_stride: vr,
+        v_head_stride: vh,
+        o_batch_stride: ob,
+        o_row_stride: or,
+        o_head_stride: oh,
+        batch: sh.batch as i32,
+        heads_q: sh.heads_q as i32,
+        heads_kv: sh.heads_kv as i32,
+        len_q: sh.len_q as i32,
+        len_k: sh.len_k as i32,
+        head_dim: sh.head_dim as i32,
+        scale,
+        scale_log2: scale * std::f32::consts::LOG2_E,
+        block_select: a.selection.map_or(0, |s| s.addr) as *const u8,
+        select_k_blocks: select_k_blocks as i32,
+    };
+    Ok(KernelLaunch {
+        kernel: format!("maskattn_fwd_{}_d{}", T::KERNEL_NAME, sh.head_dim),
+        grid: ((sh.batch * sh.heads_q) as u32, a.mask.query_tiles as u32, 1),
+        block: (ffi::MASKATTN_FWD_THREADS, 1, 1),
+        smem_bytes: smem,
+        params,
+    })
+}
+
+/// The forward kernel on packed buffers of `b` shaped as `sh` says (`q`
+/// `[B, Lq, Hq, D]`, `k` and `v` `[B, Lk, Hkv, D]`), writing `out` and `lse`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_packed<B: Backend, T: KernelElement>(
+    b: &B,
+    sh: &AttnShape,
+    q: &B::Buf<T>,
+    k: &B::Buf<T>,
+    v: &B::Buf<T>,
+    mask: &ForwardMask<B>,
+    selection: Option<&B::Buf<u8>>,
+    scale: Option<f32>,
+    out: &mut B::Buf<T>,
+    lse: &mut B::Buf<f32>,
+) -> Result<()> {
+    let (q_dims, kv_dims) = qkv_dims(sh);
+    let (q, _q) = TensorArg::of(b, q, q_dims);
+    let (k, _k) = TensorArg::of(b, k, kv_dims);
+    let (v, _v) = TensorArg::of(b, v, kv_dims);
+    let (mask, _mask) = mask.args(b);
+    let (selection, _selection) = selection.map(|s| BufArg::of(b, s)).unzip();
+    let (out, _out) = TensorArg::of_mut(b, out, q_dims);
+    let (lse, _lse) = BufArg::of_mut(b, lse);
+    let launch = plan::<T>(&ForwardArgs { q, k, v, mask, selection, scale, out, lse })?;
+    // SAFETY: every address is that of a live buffer of `b` with its own length,
+    // accessed until after the launch; the plan checked them.
+    unsafe { b.launch(&launch) }
+}
+
+/// The forward kernel on host arrays `[B, L, H, D]`, optionally with a block
+/// selection ANDed to the mask: uploads, launches and downloads `(out, lse)`.
+pub(crate) fn attention<B: Backend, T: KernelElement>(
+    b: &B,
+    q: ArrayView4<T>,
+    k: ArrayView4<T>,
+    v: ArrayView4<T>,
+    mask: &Mask,
+    selection: Option<&BlockSelection>,
+    scale: Option<f32>,
+) -> Result<(Array4<T>, Array3<f32>)> {
+    let sh = AttnShape::new(q.shape(), k.shape(), v.shape(), mask)?;
+    if let Some(sel) = selection {
+        sel.check_shape(&sh)?;
+    }
+    let (dq, dk, dv) = (upload_array(b, &q)?, upload_array(b, &k)?, upload_array(b, &v)?);
+    let device_mask = ForwardMask::new(b, mask, sh.head_dim)?;
+    let device_selection = selection.map(|s| b.upload(s.as_bytes())).transpose()?;
+    attention_on(b, &sh, [&dq, &dk, &dv], &device_mask, device_selection.as_ref(), scale)
+}
+
+/// [`run_packed`] into new buffers, downloaded as `(out, lse)`.
+pub(crate) fn attention_on<B: Backend, T: KernelElement>(
+    b: &B,
+    sh: &AttnShape,
+    [q, k, v]: [&B::Buf<T>; 3],
+    mask: &ForwardMask<B>,
+    selection: Option<&B::Buf<u8>>,
+    scale: Option<f32>,
+) -> Result<(Array4<T>, Array3<f32>)> {
+    let (q_dims, _) = qkv_dims(sh);
+    let mut out = b.zeros::<T>(q_dims.iter().product())?;
+    let mut lse = b.zeros::<f32>(sh.batch * sh.heads_q * sh.len_q)?;
+    run_packed(b, sh, q, k, v, mask, selection, scale, &mut out, &mut lse)?;
+    let out = download_array(b, &out, q_dims)?;
+    let lse = Array3::from_shape_vec((sh.batch, sh.heads_q, sh.len_q), b.download(&lse)?).expect("sizes match");
+    Ok((out, lse))
+}
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+    use ndarray::Array4;
+
+    use super::super::record::Recorder;
+    use super::*;
+    use crate::Error;
+
+    fn inputs(b: usize, l: usize, hq: usize, hkv: usize, d: usize) -> (Array4<f16>, Array4<f16>) {
+        (Array4::from_elem((b, l, hq, d), f16::ONE), Array4::from_elem((b, l, hkv, d), f16::ONE))
+    }
+
+    #[test]
+    fn one_launch_per_head_and_query_tile_with_the_uploaded_tables() {
+        let rec = Recorder::default();
+        let mask = Mask::causal(300, 300).unwrap();
+        let (q, kv) = inputs(2, 300, 4, 2, 64);
+        let (out, lse) = attention(&rec, q.view(), kv.view(), kv.view(), &mask, None, None).unwrap();
+        assert_eq!((out.shape(), lse.shape()), (&[2, 300, 4, 64][..], &[2, 4, 300][..]));
+        let launches = rec.launches();
+        assert_eq!(launches.len(), 1);
+        let l = &launches[0];
+        assert_eq!(l.kernel, "maskattn_fwd_f16_d64");
+        assert_eq!((l.grid, l.block, l.smem_bytes), ((8, 3, 1), (128, 1, 1), ffi::MASKATTN_FWD_SMEM_D64));
+        let p: ffi::MaskattnFwdParams = l.params();
+        let tiles = tiles::forward_tiles(64).unwrap();
+        assert_eq!(rec.uploaded::<i32>(p.tile_order as u64), Some(tiles::query_tile_order(&mask, tiles)));
+        assert_eq!(rec.uploaded::<i32>(p.intervals as u64).as_deref(), Some(mask.as_flat()));
+        assert_eq!(rec.uploaded::<f16>(p.q as u64).map(|x| x.len()), Some(q.len()));
+        assert_eq!((p.q_batch_stride, p.q_row_stride, p.q_head_stride), (300 * 4 * 64, 4 * 64, 64));
+        assert_eq!((p.k_batch_stride, p.k_row_stride, p.k_head_stride), (300 * 2 * 64, 2 * 64, 64));
+        assert_eq!((p.batch, p.heads_q, p.heads_kv, p.len_q, p.len_k, p.head_dim), (2, 4, 2, 300, 300, 64));
+        assert_eq!((p.scale, p.scale_log2), (0.125, 0.125 * std::f32::consts::LOG2_E));
+        assert!(p.block_select.is_null());
+        assert_eq!(p.select_k_blocks, 3);
+    }
+
+    #[test]
+    fn the_selection_is_uploaded_and_checked() {
+        let rec = Recorder::default();
+        let mask = Mask::causal(300, 300).unwrap();
+        let (q, kv) = inputs(1, 300, 2, 2, 128);
+        let sel = BlockSelection::full(1, 2, 300, 300, true).unwrap();
+        let bytes = sel.as_bytes().to_vec();
+        attention(&rec, q.view(), kv.view(), kv.view(), &mask, Some(&sel), Some(0.5)).unwrap();
+        let p: ffi::MaskattnFwdParams = rec.launches()[0].params();
+        assert_eq!(rec.uploaded::<u8>(p.block_select as u64), Some(bytes));
+        assert_eq!((rec.launches()[0].kernel.as_str(), p.scale), ("maskattn_fwd_f16_d128", 0.5));
+        let wrong = BlockSelection::full(1, 1, 300, 300, true).unwrap();
+        assert!(attention(&rec, q.view(), kv.view(), kv.view(), &mask, Some(&wrong), None).is_err());
+        assert_eq!(rec.launches().len(), 1);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_before_any_launch() {
+        let rec = Recorder::default();
+        let mask = Mask::causal(100, 100).unwrap();
+        let (q, kv) = inputs(1, 100, 2, 1, 64);
+        for scale in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+            let e = attention(&rec, q.view(), kv.view(), kv.view(), &mask, None, Some(scale)).unwrap_err();
+            assert!(matches!(e, Error::InvalidParameter { what: "scale", .. }), "{e}");
+        }
+        let (q80, kv80) = inputs(1, 100, 2, 1, 80);
+        let e = attention(&rec, q80.view(), kv80.view(), kv80.view(), &mask, None, None).unwrap_err();
+        assert!(matches!(e, Error::Unsupported(_)), "{e}");
+        let other = Mask::causal(100, 101).unwrap();
+        assert!(matches!(attention(&rec, q.view(), kv.view(), kv.view(), &other, None, None), Err(Error::Shape(_))));
+        assert!(rec.launches().is_empty());
+
+        // The device-pointer path: misaligned, short and overlapping buffers.
+        let fwd_mask = ForwardMask::new(&rec, &mask, 64).unwrap();
+        let (mask_args, _) = fwd_mask.args(&rec);
+        let t = |addr, len, dims| TensorArg { addr, len, layout: Layout4::contiguous(dims) };
+        let good = ForwardArgs {
+            q: t(0x1000, 100 * 2 * 64, [1, 100, 2, 64]),
+            k: t(0x10000, 100 * 64, [1, 100, 1, 64]),
+            v: t(0x20000, 100 * 64, [1, 100, 1, 64]),
+            mask: mask_args,
+            selection: None,
+            scale: None,
+            out: t(0x30000, 100 * 2 * 64, [1, 100, 2, 64]),
+            lse: BufArg { addr: 0x40000, len: 200 },
+        };
+        assert!(plan::<f16>(&good).is_ok());
+        let misaligned = ForwardArgs { q: t(0x1008, 100 * 2 * 64, [1, 100, 2, 64]), ..good };
+        assert!(matches!(plan::<f16>(&misaligned), Err(Error::Shape(m)) if m.contains("aligned")));
+        let short = ForwardArgs { v: t(0x20000, 100 * 64 - 1, [1, 100, 1, 64]), ..good };
+        assert!(matches!(plan::<f16>(&short), Err(Error::Shape(m)) if m.contains("past the end")));
+        let overlapping = ForwardArgs {
+            out: TensorArg { layout: Layout4 { strides: [0, 128, 0, 1], ..good.out.layout }, ..good.out },
+            ..good
+        };
+        assert!(matches!(plan::<f16>(&overlapping), Err(Error::Shape(m)) if m.contains("overlap")));
+        let short_lse = ForwardArgs { lse: BufArg { addr: 0x40000, len: 199 }, ..good };
+        assert!(matches!(plan::<f16>(&short_lse), Err(Error::Shape(m)) if m.contains("lse")));
+        let mask96 = ForwardMask::new(&rec, &mask, 96).unwrap();
+        let wrong_tiles = ForwardArgs { mask: mask96.args(&rec).0, ..good };
+        assert!(plan::<f16>(&wrong_tiles).is_ok(), "d96 and d64 share their tiles");
+        let mask128 = ForwardMask::new(&rec, &mask, 128).unwrap();
+        let wrong_tiles = ForwardArgs { mask: mask128.args(&rec).0, ..good };
+        assert!(matches!(plan::<f16>(&wrong_tiles), Err(Error::Shape(m)) if m.contains("tiles")));
+    }
+}
