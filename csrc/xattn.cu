@@ -113,11 +113,17 @@ __device__ __forceinline__ void block_scores_cta(const MaskattnXattnScoreParams 
 
     const uint32_t s_base = fwd::smem_u32(xattn_smem);
     // Stage `step % 2` <- Q_t rows of the CTA and K_t rows of chunk c (step = c*S + t).
-    // Four threads per row, each copying kPieces contiguous 16-byte pieces; a pass
-    // covers 32 rows: passes 0-1 the Q tile, 2-3 the K tile.
+    // A warp copies 8 rows x 4 pieces (16 bytes each) per instruction, lane l taking
+    // row l % 8 and piece l / 8 (then + 4, + 8, ...): each 8-lane phase writes one
+    // piece of 8 consecutive rows, on 8 distinct bank groups since a row's pitch is an
+    // odd number of 16-byte groups. (Four lanes per row with contiguous pieces put
+    // pieces 0 and 8 of a row on the same banks: 2-way conflicts at D = 96 and 128,
+    // which the CPU backend's counters showed.) A pass covers 32 rows: passes 0-1
+    // the Q tile, 2-3 the K tile.
     constexpr int kPieces = kChunks16 / 4;
     static_assert(kChunks16 % 4 == 0 && kScoreThreads == 128 && kRows == 64 && kCols == 64, "loader mapping");
-    const int ld_row = tid / 4, ld_piece = (tid % 4) * kPieces;
+    static_assert((kPitch / 8) % 2 == 1, "an odd pitch in 16-byte groups spreads 8 rows over all banks");
+    const int ld_row = warp * 8 + lane % 8, ld_piece = lane / 8;
     auto load_step = [&](int32_t step) {
         const int32_t c = step / S, t = step % S;
         const uint32_t stage = s_base + (step % 2) * Smem::kStageBytes + (ld_row * kPitch + ld_piece * 8) * 2;
@@ -137,7 +143,7 @@ __device__ __forceinline__ void block_scores_cta(const MaskattnXattnScoreParams 
             }
 #pragma unroll
             for (int x = 0; x < kPieces; ++x)
-                fwd::cp_async_16(stage + (pass * 32 * kPitch + x * 8) * 2, src + x * 8, valid);
+                fwd::cp_async_16(stage + (pass * 32 * kPitch + x * 32) * 2, src + x * 32, valid);
         }
     };
 

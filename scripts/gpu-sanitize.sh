@@ -6,7 +6,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/maskattn-out}; mkdir -p "$OUT"
 export MASKATTN_REQUIRE_GPU=1
 rc=0
-for pair in gpu_forward:sanitizer_subset gpu_backward:sanitizer_subset_bwd gpu_xattn:sanitizer_subset; do
+for pair in kernels_forward:sanitizer_subset kernels_backward:sanitizer_subset_bwd kernels_xattn:sanitizer_subset; do
   bin=$(ls .gpu/tests/"${pair%%:*}"-* | head -n1)
   for tool in memcheck racecheck; do
     echo "== compute-sanitizer --tool $tool $bin ${pair#*:}" | tee -a "$OUT/sanitizer.log"

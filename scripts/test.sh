@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what is missing (the pinned CUDA 13.0
-# compiler, libclang), builds the crate with its CUDA kernels, runs every test.
-# GPU tests skip with a message where there is no GPU; MASKATTN_REQUIRE_GPU=1 makes
-# that a failure. MASKATTN_PROPTEST_CASES raises the proptest case count.
+# compiler, libclang), builds the crate with its CUDA kernels and its CPU backend
+# (the same kernels compiled by the host compiler), runs every test. The kernel
+# suites (tests/kernels_*.rs, tests/rope.rs, tests/cpu_backend.rs) run on the CPU
+# backend always and on the GPU too where there is one; their GPU halves skip with
+# a message where there is none (MASKATTN_REQUIRE_GPU=1 makes that a failure). Then
+# the kernel suites again, on few cases, in the CPU backend's memcheck
+# (AddressSanitizer + UBSan) and racecheck builds. MASKATTN_PROPTEST_CASES raises the
+# proptest case count, MASKATTN_GPU_FUZZ_CASES the kernel fuzz cases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,9 +17,22 @@ export NVCC
 echo "== CPU-only build: cargo build --no-default-features (no nvcc involved)"
 env -u NVCC cargo build --no-default-features --lib
 
-echo "== cargo test with the CUDA kernels compiled ($NVCC)"
+echo "== cargo test with the CUDA kernels compiled ($NVCC) and the CPU backend"
 cargo test --all-targets --no-fail-fast
 cargo test --doc
+
+# The checking builds of the CPU backend, each in its own target directory (they
+# compile the kernels with other flags). A few fuzz cases per suite and every fixed
+# case: a subset of every kernel. ASan's runtime is linked as a library, not first
+# in the list, hence verify_asan_link_order=0.
+kernel_suites=(--test kernels_forward --test kernels_backward --test kernels_xattn --test kernels_naive
+               --test kernels_smoke --test rope --test cpu_backend)
+for check in memcheck racecheck; do
+  echo "== CPU backend, $check build: the kernel suites on a subset of cases"
+  MASKATTN_CPU_CHECK=$check CARGO_TARGET_DIR=target/cpu-$check MASKATTN_GPU_FUZZ_CASES=${MASKATTN_CHECK_FUZZ_CASES:-3} \
+    ASAN_OPTIONS=verify_asan_link_order=0:detect_leaks=0 \
+    cargo test --no-default-features --features cpu "${kernel_suites[@]}" --no-fail-fast
+done
 
 # candle interop (feature `candle`, src/candle.rs). candle-core's CUDA backend links
 # libcuda, libnvrtc, libcublas(Lt), libcurand and libcudart at link time (cudarc's

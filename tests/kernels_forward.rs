@@ -1,16 +1,18 @@
-//! GPU fuzz of the forward kernel: random batch, heads (GQA), lengths that are not
-//! tile multiples, head dims, dtypes and masks of every family, compared with the f64
-//! reference on the same rounded inputs. The kernel's max error must stay within 2x
-//! that of a plain same-dtype implementation on the same inputs (flash-attention's
-//! own criterion). 500 cases with a fixed seed; MASKATTN_GPU_FUZZ_CASES for more.
-#![cfg(feature = "cuda")]
+//! Fuzz of the forward kernel on every backend (the CPU backend always, the GPU when
+//! there is one): random batch, heads (GQA), lengths that are not tile multiples,
+//! head dims, dtypes and masks of every family, compared with the f64 reference on
+//! the same rounded inputs. The kernel's max error must stay within 2x that of a
+//! plain same-dtype implementation on the same inputs (flash-attention's own
+//! criterion). 200 cases on the CPU backend, 500 on a GPU, fixed seeds;
+//! MASKATTN_GPU_FUZZ_CASES for more.
+#![cfg(any(feature = "cuda", feature = "cpu"))]
 
 mod common;
 
 use common::{max_abs_diff, plain_attention, random_array};
 use half::{bf16, f16};
-use maskattn::cuda::{Gpu, KernelElement};
 use maskattn::{reference, Mask};
+use maskattn::{KernelElement, Kernels};
 use ndarray::Array4;
 use proptest::prelude::*;
 
@@ -45,7 +47,7 @@ fn arb_case() -> impl Strategy<Value = Case> {
         })
 }
 
-fn check<T: KernelElement>(gpu: &Gpu, c: &Case) -> Result<(), TestCaseError> {
+fn check<K: Kernels, T: KernelElement>(gpu: &K, c: &Case) -> Result<(), TestCaseError> {
     let (hq, hkv) = c.heads;
     let (lq, lk, d) = (c.mask.len_q(), c.mask.len_k(), c.head_dim);
     // Keys with a spread of norms make the softmax peaked in some rows, flat in others.
@@ -71,9 +73,10 @@ fn check<T: KernelElement>(gpu: &Gpu, c: &Case) -> Result<(), TestCaseError> {
 
 #[test]
 fn forward_matches_the_reference_within_twice_the_plain_error() {
-    let Some(gpu) = common::shared_gpu() else { return };
-    proptest!(common::gpu_fuzz_config(500, 0x6d61_736b), |(c in arb_case())| {
-        if c.bf16 { check::<bf16>(gpu, &c)? } else { check::<f16>(gpu, &c)? }
+    each_backend!(|backend, gpu| {
+        proptest!(common::fuzz_config(backend, 500, 200, 0x6d61_736b), |(c in arb_case())| {
+            if c.bf16 { check::<_, bf16>(gpu, &c)? } else { check::<_, f16>(gpu, &c)? }
+        });
     });
 }
 
@@ -81,98 +84,106 @@ fn forward_matches_the_reference_within_twice_the_plain_error() {
 /// kernels down by orders of magnitude: `scripts/gpu-sanitize.sh` runs this test.
 #[test]
 fn sanitizer_subset() {
-    let Some(gpu) = common::shared_gpu() else { return };
-    let masks = common::sanitizer_masks();
-    for (i, mask) in masks.into_iter().enumerate() {
-        for (head_dim, bf16) in [(64, true), (96, false), (128, true)] {
-            let c = Case { mask: mask.clone(), batch: 2, heads: (2, 1), head_dim, bf16, scale: None, seed: i as u64 };
-            let r = if bf16 { check::<bf16>(gpu, &c) } else { check::<f16>(gpu, &c) };
-            r.unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    each_backend!(|backend, gpu| {
+        let masks = common::sanitizer_masks();
+        for (i, mask) in masks.into_iter().enumerate() {
+            for (head_dim, bf16) in [(64, true), (96, false), (128, true)] {
+                let c =
+                    Case { mask: mask.clone(), batch: 2, heads: (2, 1), head_dim, bf16, scale: None, seed: i as u64 };
+                let r = if bf16 { check::<_, bf16>(gpu, &c) } else { check::<_, f16>(gpu, &c) };
+                r.unwrap_or_else(|e| panic!("{c:?}: {e}"));
+            }
         }
-    }
+    });
 }
 
 /// Attention over key shards (mask sliced per shard, K/V as strided views into the
 /// full buffers, no copies), merged through the LSE, equals attention over all keys.
 #[test]
 fn key_shards_merge_to_the_whole() {
-    let Some(gpu) = common::shared_gpu() else { return };
-    let mask = Mask::frame_block_causal(&"text:33,frames:3x576,text:40".parse().unwrap()).unwrap();
-    let (b, h, d, lk) = (2, 2, 128, mask.len_k());
-    let (q64, q) = common::rounded::<bf16>(random_array((b, mask.len_q(), h, d), 7));
-    let (k64, k) = common::rounded::<bf16>(random_array((b, lk, h, d), 8));
-    let (v64, v) = common::rounded::<bf16>(random_array((b, lk, h, d), 9));
-    let want = reference::attention(q64.view(), k64.view(), v64.view(), &mask, None).unwrap();
-    let (plain_out, _) = plain_attention::<bf16>(&q64, &k64, &v64, &mask, 1.0 / (d as f64).sqrt());
-    let plain_err = max_abs_diff(&plain_out, &want.out);
-    for bounds in [vec![0, 1000, lk], vec![0, 64, 700, 1401, lk], vec![0, 600, 1200, 1500, lk]] {
-        let parts: Vec<_> = bounds
-            .windows(2)
-            .map(|w| {
-                let s = ndarray::s![.., w[0]..w[1], .., ..];
-                let part_mask = mask.slice(0..mask.len_q(), w[0]..w[1]).unwrap();
-                let (o, l) = gpu.attention(q.view(), k.slice(s), v.slice(s), &part_mask, None).unwrap();
-                reference::AttentionOutput { out: o.mapv(|x| x.to_f64()), lse: l.mapv(f64::from) }
-            })
-            .collect();
-        let merged = reference::merge_partials(&parts).unwrap();
-        let err = max_abs_diff(&merged.out, &want.out);
-        assert!(err <= 2.0 * plain_err, "shards {bounds:?}: error {err:e} > 2 x plain {plain_err:e}");
-    }
+    each_backend!(|backend, gpu| {
+        let mask = Mask::frame_block_causal(&"text:33,frames:3x576,text:40".parse().unwrap()).unwrap();
+        let (b, h, d, lk) = (2, 2, 128, mask.len_k());
+        let (q64, q) = common::rounded::<bf16>(random_array((b, mask.len_q(), h, d), 7));
+        let (k64, k) = common::rounded::<bf16>(random_array((b, lk, h, d), 8));
+        let (v64, v) = common::rounded::<bf16>(random_array((b, lk, h, d), 9));
+        let want = reference::attention(q64.view(), k64.view(), v64.view(), &mask, None).unwrap();
+        let (plain_out, _) = plain_attention::<bf16>(&q64, &k64, &v64, &mask, 1.0 / (d as f64).sqrt());
+        let plain_err = max_abs_diff(&plain_out, &want.out);
+        for bounds in [vec![0, 1000, lk], vec![0, 64, 700, 1401, lk], vec![0, 600, 1200, 1500, lk]] {
+            let parts: Vec<_> = bounds
+                .windows(2)
+                .map(|w| {
+                    let s = ndarray::s![.., w[0]..w[1], .., ..];
+                    let part_mask = mask.slice(0..mask.len_q(), w[0]..w[1]).unwrap();
+                    let (o, l) = gpu.attention(q.view(), k.slice(s), v.slice(s), &part_mask, None).unwrap();
+                    reference::AttentionOutput { out: o.mapv(|x| x.to_f64()), lse: l.mapv(f64::from) }
+                })
+                .collect();
+            let merged = reference::merge_partials(&parts).unwrap();
+            let err = max_abs_diff(&merged.out, &want.out);
+            assert!(err <= 2.0 * plain_err, "shards {bounds:?}: error {err:e} > 2 x plain {plain_err:e}");
+        }
+    });
 }
 
 #[test]
 fn bad_inputs_are_errors_before_any_launch() {
-    let Some(gpu) = common::shared_gpu() else { return };
-    let mask = Mask::causal(10, 10).unwrap();
-    let x = Array4::<bf16>::zeros((1, 10, 2, 64));
-    let wrong_dim = Array4::<bf16>::zeros((1, 10, 2, 80));
-    let wrong_len = Array4::<bf16>::zeros((1, 9, 2, 64));
-    let wrong_heads = Array4::<bf16>::zeros((1, 10, 3, 64));
-    assert!(matches!(
-        gpu.attention(wrong_dim.view(), wrong_dim.view(), wrong_dim.view(), &mask, None),
-        Err(maskattn::Error::Unsupported(_))
-    ));
-    assert!(matches!(
-        gpu.attention(x.view(), wrong_len.view(), wrong_len.view(), &mask, None),
-        Err(maskattn::Error::Shape(_))
-    ));
-    assert!(matches!(
-        gpu.attention(x.view(), wrong_heads.view(), wrong_heads.view(), &mask, None),
-        Err(maskattn::Error::Shape(_))
-    ));
-    for bad_scale in [f32::INFINITY, f32::NAN, 0.0, -0.1] {
-        assert!(gpu.attention(x.view(), x.view(), x.view(), &mask, Some(bad_scale)).is_err(), "scale {bad_scale}");
-    }
-    let other_mask = Mask::causal(10, 12).unwrap();
-    assert!(matches!(gpu.attention(x.view(), x.view(), x.view(), &other_mask, None), Err(maskattn::Error::Shape(_))));
+    each_backend!(|backend, gpu| {
+        let mask = Mask::causal(10, 10).unwrap();
+        let x = Array4::<bf16>::zeros((1, 10, 2, 64));
+        let wrong_dim = Array4::<bf16>::zeros((1, 10, 2, 80));
+        let wrong_len = Array4::<bf16>::zeros((1, 9, 2, 64));
+        let wrong_heads = Array4::<bf16>::zeros((1, 10, 3, 64));
+        assert!(matches!(
+            gpu.attention(wrong_dim.view(), wrong_dim.view(), wrong_dim.view(), &mask, None),
+            Err(maskattn::Error::Unsupported(_))
+        ));
+        assert!(matches!(
+            gpu.attention(x.view(), wrong_len.view(), wrong_len.view(), &mask, None),
+            Err(maskattn::Error::Shape(_))
+        ));
+        assert!(matches!(
+            gpu.attention(x.view(), wrong_heads.view(), wrong_heads.view(), &mask, None),
+            Err(maskattn::Error::Shape(_))
+        ));
+        for bad_scale in [f32::INFINITY, f32::NAN, 0.0, -0.1] {
+            assert!(gpu.attention(x.view(), x.view(), x.view(), &mask, Some(bad_scale)).is_err(), "scale {bad_scale}");
+        }
+        let other_mask = Mask::causal(10, 12).unwrap();
+        assert!(matches!(
+            gpu.attention(x.view(), x.view(), x.view(), &other_mask, None),
+            Err(maskattn::Error::Shape(_))
+        ));
+    });
 }
 
 /// Block-sparse forward: a random XAttention-style selection ANDed with random masks,
 /// against the f64 sparse reference, within 2x the plain same-dtype error.
 #[test]
 fn block_sparse_forward_matches_the_sparse_reference() {
-    let Some(gpu) = common::shared_gpu() else { return };
-    let config = common::gpu_fuzz_config(150, 0x7370_6172);
-    proptest!(config, |(c in arb_case(), density in 0.0f64..1.0)| {
-        let (hq, hkv) = c.heads;
-        let (lq, lk, d) = (c.mask.len_q(), c.mask.len_k(), c.head_dim);
-        let sel = maskattn::xattention::BlockSelection::from_fn(c.batch, hq, lq, lk, false, |b, h, qb, kb| {
-            let x = (c.seed ^ ((b * 7919 + h * 104_729 + qb * 1_299_709 + kb) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            ((x >> 40) % 1000) as f64 / 1000.0 < density
-        }).unwrap();
-        let (q64, q) = common::rounded::<bf16>(random_array((c.batch, lq, hq, d), c.seed) * 1.5);
-        let (k64, k) = common::rounded::<bf16>(random_array((c.batch, lk, hkv, d), c.seed ^ 1) * 1.5);
-        let (v64, v) = common::rounded::<bf16>(random_array((c.batch, lk, hkv, d), c.seed ^ 2));
-        let want = maskattn::xattention::sparse_attention(q64.view(), k64.view(), v64.view(), &c.mask, &sel, None).unwrap();
-        let visible = |b, h, i, j| sel.visible(&c.mask, b, h, i, j);
-        let (plain_out, _) = common::plain_attention_where::<bf16>(&q64, &k64, &v64, 1.0 / (d as f64).sqrt(), visible);
-        let (out, lse) = gpu.attention_block_sparse(q.view(), k.view(), v.view(), &c.mask, &sel, None).unwrap();
-        let out = out.mapv(|x| x.to_f64());
-        for (g, w) in lse.iter().zip(&want.lse) {
-            prop_assert!((*w == f64::NEG_INFINITY) == (*g == f32::NEG_INFINITY), "lse {} where the reference has {}", g, w);
-        }
-        let (err, plain_err) = (max_abs_diff(&out, &want.out), max_abs_diff(&plain_out, &want.out));
-        prop_assert!(err <= 2.0 * plain_err, "out error {:e} > 2 x plain {:e}", err, plain_err);
+    each_backend!(|backend, gpu| {
+        let config = common::fuzz_config(backend, 150, 50, 0x7370_6172);
+        proptest!(config, |(c in arb_case(), density in 0.0f64..1.0)| {
+            let (hq, hkv) = c.heads;
+            let (lq, lk, d) = (c.mask.len_q(), c.mask.len_k(), c.head_dim);
+            let sel = maskattn::xattention::BlockSelection::from_fn(c.batch, hq, lq, lk, false, |b, h, qb, kb| {
+                let x = (c.seed ^ ((b * 7919 + h * 104_729 + qb * 1_299_709 + kb) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                ((x >> 40) % 1000) as f64 / 1000.0 < density
+            }).unwrap();
+            let (q64, q) = common::rounded::<bf16>(random_array((c.batch, lq, hq, d), c.seed) * 1.5);
+            let (k64, k) = common::rounded::<bf16>(random_array((c.batch, lk, hkv, d), c.seed ^ 1) * 1.5);
+            let (v64, v) = common::rounded::<bf16>(random_array((c.batch, lk, hkv, d), c.seed ^ 2));
+            let want = maskattn::xattention::sparse_attention(q64.view(), k64.view(), v64.view(), &c.mask, &sel, None).unwrap();
+            let visible = |b, h, i, j| sel.visible(&c.mask, b, h, i, j);
+            let (plain_out, _) = common::plain_attention_where::<bf16>(&q64, &k64, &v64, 1.0 / (d as f64).sqrt(), visible);
+            let (out, lse) = gpu.attention_block_sparse(q.view(), k.view(), v.view(), &c.mask, &sel, None).unwrap();
+            let out = out.mapv(|x| x.to_f64());
+            for (g, w) in lse.iter().zip(&want.lse) {
+                prop_assert!((*w == f64::NEG_INFINITY) == (*g == f32::NEG_INFINITY), "lse {} where the reference has {}", g, w);
+            }
+            let (err, plain_err) = (max_abs_diff(&out, &want.out), max_abs_diff(&plain_out, &want.out));
+            prop_assert!(err <= 2.0 * plain_err, "out error {:e} > 2 x plain {:e}", err, plain_err);
+        });
     });
 }

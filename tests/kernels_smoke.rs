@@ -1,14 +1,19 @@
-//! The CUDA runtime layer: no-driver handling on any machine; on a GPU, copies and
-//! the tile classification kernel (the kernels' mask header, run on the device)
-//! against the host build of the same header.
-#![cfg(feature = "cuda")]
+//! The runtime layers: no-driver handling on any machine; on a GPU, copies; on every
+//! backend (the CPU backend always, the GPU when there is one), the tile
+//! classification kernel (the kernels' mask header, run as a kernel) against the host
+//! build of the same header.
+#![cfg(any(feature = "cuda", feature = "cpu"))]
 
 mod common;
 
+#[cfg(feature = "cuda")]
 use maskattn::cuda::{driver_available, Gpu};
 use maskattn::tiles::{self, TileShape};
-use maskattn::{Error, Mask, VideoLayout};
+#[cfg(feature = "cuda")]
+use maskattn::Error;
+use maskattn::{Kernels, Mask, VideoLayout};
 
+#[cfg(feature = "cuda")]
 #[test]
 fn a_machine_without_driver_gets_an_error_not_a_panic() {
     if driver_available().is_err() {
@@ -20,6 +25,7 @@ fn a_machine_without_driver_gets_an_error_not_a_panic() {
     }
 }
 
+#[cfg(feature = "cuda")]
 #[test]
 fn copies_round_trip() {
     let Some(gpu) = common::gpu() else { return };
@@ -32,7 +38,6 @@ fn copies_round_trip() {
 
 #[test]
 fn device_tile_classes_equal_the_host() {
-    let Some(gpu) = common::gpu() else { return };
     let layout: VideoLayout = "text:35,frames:8x576,text:40".parse().unwrap();
     let masks = [
         Mask::frame_block_causal(&layout).unwrap(),
@@ -48,12 +53,14 @@ fn device_tile_classes_equal_the_host() {
         )
         .unwrap(),
     ];
-    for mask in &masks {
-        for (bm, bn) in [(128, 64), (128, 128), (64, 64), (16, 96)] {
-            let shape = TileShape::new(bm, bn).unwrap();
-            let host = tiles::tile_classes(mask, shape);
-            let dev = gpu.tile_classes(mask, shape).unwrap();
-            assert_eq!(dev, host, "{:?} with {bm}x{bn} tiles", mask.kind());
+    each_backend!(|backend, kernels| {
+        for mask in &masks {
+            for (bm, bn) in [(128, 64), (128, 128), (64, 64), (16, 96)] {
+                let shape = TileShape::new(bm, bn).unwrap();
+                let host = tiles::tile_classes(mask, shape);
+                let dev = kernels.tile_classes(mask, shape).unwrap();
+                assert_eq!(dev, host, "{backend}: {:?} with {bm}x{bn} tiles", mask.kind());
+            }
         }
-    }
+    });
 }

@@ -766,14 +766,9 @@ void collective(Op op, uint32_t mask) {
         fail("divergence: lanes %s wait at %s (mask 0x%08x), this lane reached %s (mask 0x%08x)", lanes,
              op_name(w.op), w.mask, op_name(op), mask);
     }
+    // A lane of the mask that already waits at a barrier or has exited never comes:
+    // the scheduler then finds no thread to run and reports the divergence.
     w.arrived |= 1u << t.lane;
-    for (int lane = 0; lane < 32; ++lane) {
-        if (!(mask >> lane & 1) || (w.arrived >> lane & 1)) continue;
-        const Thread &o = c.threads[32 * t.warp + lane];
-        if (o.status == Status::kExited || o.status == Status::kAtBarrier)
-            fail("divergence: %s (mask 0x%08x) waits for lane %d, which %s", op_name(op), mask, lane,
-                 o.status == Status::kExited ? "has exited" : "waits at __syncthreads");
-    }
     if (w.arrived == mask) {
         execute(c, t.warp, op, mask);
         ++w.collectives;
@@ -875,16 +870,24 @@ static int pick(Cta &c) {
 }
 
 static std::string describe_deadlock(const Cta &c) {
-    std::string s = "deadlock: no thread can run;";
+    std::string s = "deadlock (divergent warp or barrier): no thread can run;";
     for (size_t w = 0; w < c.warps.size(); ++w) {
         const Warp &wp = c.warps[w];
         if (wp.op == Op::kNone) continue;
-        char lanes[128], missing[128];
+        uint32_t at_barrier = 0, exited = 0;
+        for (int lane = 0; lane < 32; ++lane) {
+            const Status st = c.threads[32 * w + lane].status;
+            at_barrier |= uint32_t(st == Status::kAtBarrier) << lane;
+            exited |= uint32_t(st == Status::kExited) << lane;
+        }
+        const uint32_t missing = wp.mask & ~wp.arrived;
+        char lanes[128], barrier[128], gone[128];
         warp_lanes(lanes, sizeof lanes, wp.arrived);
-        warp_lanes(missing, sizeof missing, wp.mask & ~wp.arrived);
-        char buf[512];
-        snprintf(buf, sizeof buf, " warp %zu: lanes %s wait at %s (mask 0x%08x) for lanes %s;", w, lanes,
-                 op_name(wp.op), wp.mask, missing);
+        warp_lanes(barrier, sizeof barrier, missing & at_barrier);
+        warp_lanes(gone, sizeof gone, missing & exited);
+        char buf[640];
+        snprintf(buf, sizeof buf, " warp %zu: lanes %s wait at %s (mask 0x%08x) for lanes at __syncthreads {%s} and exited {%s};",
+                 w, lanes, op_name(wp.op), wp.mask, barrier, gone);
         s += buf;
     }
     char buf[128];

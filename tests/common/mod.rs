@@ -78,16 +78,50 @@ pub fn arb_gpu_mask() -> impl Strategy<Value = Mask> {
     ]
 }
 
-/// Settings of a GPU fuzz test: a fixed seed, so a failure reproduces on any machine;
-/// `cases` by default, `MASKATTN_GPU_FUZZ_CASES` overrides.
-pub fn gpu_fuzz_config(cases: u32, seed: u64) -> ProptestConfig {
-    let cases = std::env::var("MASKATTN_GPU_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(cases);
+/// Settings of a kernel fuzz test on backend `b` ("cpu" or "gpu"): a fixed seed, so a
+/// failure reproduces on any machine; `cpu_cases` on the CPU backend (slow: every
+/// thread is emulated), `gpu_cases` on a GPU; `MASKATTN_GPU_FUZZ_CASES` overrides both.
+pub fn fuzz_config(b: &str, gpu_cases: u32, cpu_cases: u32, seed: u64) -> ProptestConfig {
+    let default = if b == "gpu" { gpu_cases } else { cpu_cases };
+    let cases = std::env::var("MASKATTN_GPU_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(default);
+    eprintln!("{b}: {cases} cases (seed {seed:#x})");
     ProptestConfig {
         cases,
         rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
         failure_persistence: None,
         ..ProptestConfig::default()
     }
+}
+
+/// The CPU backend every kernel test runs on (the kernels' own source executed on
+/// the host), one per test binary.
+#[cfg(feature = "cpu")]
+pub fn cpu() -> &'static maskattn::cpu::CpuBackend {
+    static CPU: std::sync::OnceLock<maskattn::cpu::CpuBackend> = std::sync::OnceLock::new();
+    CPU.get_or_init(maskattn::cpu::CpuBackend::new)
+}
+
+/// Runs `$body` with `$k` bound to each backend, named by `$name` ("cpu", "gpu"): the
+/// CPU backend always, the GPU when there is one (else a skip message, or a failure
+/// under MASKATTN_REQUIRE_GPU=1). Each expansion is statically typed, so the body
+/// may call the generic methods of [`maskattn::Kernels`].
+#[macro_export]
+macro_rules! each_backend {
+    (|$name:ident, $k:ident| $body:block) => {{
+        #[cfg(feature = "cpu")]
+        {
+            #[allow(unused_variables)]
+            let $name = "cpu";
+            let $k = common::cpu();
+            $body
+        }
+        #[cfg(feature = "cuda")]
+        if let Some($k) = common::shared_gpu() {
+            #[allow(unused_variables)]
+            let $name = "gpu";
+            $body
+        }
+    }};
 }
 
 /// `x` rounded to `T`: the rounded values as f64 (for the references) and as `T`
@@ -171,6 +205,14 @@ pub fn plain_attention_where<T: maskattn::Element>(
     let r = |x: f64| T::from_f64(x).to_f64();
     let (b, lq, hq, d) = q.dim();
     let (hkv, lk) = (k.dim().2, k.dim().1);
+    // Contiguous f32 copies: the same values (inputs are rounded to T), row slices
+    // instead of 4-d indexing in the inner loops.
+    let to_f32 = |a: &Array4<f64>| a.as_standard_layout().iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let (qf, kf, vf) = (to_f32(q), to_f32(k), to_f32(v));
+    let row = |a: &[f32], heads: usize, bi: usize, l: usize, len: usize, h: usize| {
+        let at = ((bi * len + l) * heads + h) * d;
+        a[at..at + d].to_vec()
+    };
     let mut out = Array4::zeros((b, lq, hq, d));
     let mut lse = ndarray::Array3::from_elem((b, hq, lq), f64::NEG_INFINITY);
     for bi in 0..b {
@@ -181,10 +223,12 @@ pub fn plain_attention_where<T: maskattn::Element>(
                 if keys.is_empty() {
                     continue;
                 }
+                let qi = row(&qf, hq, bi, i, lq, h);
                 let s: Vec<f32> = keys
                     .iter()
                     .map(|&j| {
-                        let dot: f32 = (0..d).map(|c| q[[bi, i, h, c]] as f32 * k[[bi, j, hk, c]] as f32).sum();
+                        let kj = &kf[((bi * lk + j) * hkv + hk) * d..][..d];
+                        let dot: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum();
                         r(r(dot as f64) * r(scale)) as f32
                     })
                     .collect();
@@ -192,10 +236,14 @@ pub fn plain_attention_where<T: maskattn::Element>(
                 let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
                 let sum: f32 = e.iter().sum();
                 lse[[bi, h, i]] = (m + sum.ln()) as f64;
-                let p: Vec<f32> = e.iter().map(|x| r((x / sum) as f64) as f32).collect();
+                let mut acc = vec![0f32; d];
+                for (&j, &x) in keys.iter().zip(&e) {
+                    let pj = r((x / sum) as f64) as f32;
+                    let vj = &vf[((bi * lk + j) * hkv + hk) * d..][..d];
+                    acc.iter_mut().zip(vj).for_each(|(a, v)| *a += pj * v);
+                }
                 for c in 0..d {
-                    let acc: f32 = keys.iter().zip(&p).map(|(&j, &pj)| pj * v[[bi, j, hk, c]] as f32).sum();
-                    out[[bi, i, h, c]] = r(acc as f64);
+                    out[[bi, i, h, c]] = r(acc[c] as f64);
                 }
             }
         }
@@ -206,4 +254,80 @@ pub fn plain_attention_where<T: maskattn::Element>(
 /// Largest |a - b| over two arrays of the same shape, with -inf == -inf counting 0.
 pub fn max_abs_diff<'a>(a: impl IntoIterator<Item = &'a f64>, b: impl IntoIterator<Item = &'a f64>) -> f64 {
     a.into_iter().zip(b).map(|(x, y)| if x == y { 0.0 } else { (x - y).abs() }).fold(0.0, f64::max)
+}
+
+/// A copy of `maskattn::cuda::xattn_structured_inputs` (the same values for the same
+/// seed; tests/kernels_xattn.rs checks it against the crate's where the `cuda` feature
+/// is on), so that the XAttention tests can use its inputs in a build without it:
+/// synthetic Q and K with the structure XAttention exploits in real models (a local
+/// band along the bottom-right aligned diagonal, attention sinks), deterministic in
+/// `seed`, O(1) values.
+pub fn xattn_structured_inputs<T: maskattn::Element>(shape: &maskattn::AttnShape, seed: u64) -> (Array4<T>, Array4<T>) {
+    let maskattn::AttnShape { batch, len_q, len_k, heads_q, heads_kv, head_dim: d } = *shape;
+    let group = (heads_q / heads_kv.max(1)).max(1);
+    let delta = len_k as i64 - len_q as i64;
+    let first = delta.min(0); // smallest absolute position
+    let n_pos = (len_k as i64 - first) as usize;
+    let mut rng = StructuredRng(seed ^ 0x7861_7474_6e5f_7171);
+    let rho: f64 = (-1.0f64 / 128.0).exp();
+    let innov = (1.0 - rho * rho).sqrt();
+    let (a_z, a_noise, a_probe, a_sink) = (0.8, 0.5, 0.3, 1.5);
+    let span = 16usize;
+    let sink_starts: Vec<(usize, usize)> =
+        std::iter::once((0usize, 0usize)).chain((0..3).map(|s| ((rng.next() as usize) % len_k.max(1), s))).collect();
+    let mut q = Array4::<T>::from_elem((batch, len_q, heads_q, d), T::from_f64(0.0));
+    let mut k = Array4::<T>::from_elem((batch, len_k, heads_kv, d), T::from_f64(0.0));
+    let mut z = vec![0.0f64; d];
+    for b in 0..batch {
+        for hk in 0..heads_kv {
+            let dirs: Vec<Vec<f64>> = (0..3).map(|_| (0..d).map(|_| rng.unit()).collect()).collect();
+            z.iter_mut().for_each(|x| *x = rng.unit());
+            for pos in 0..n_pos {
+                for x in z.iter_mut() {
+                    *x = rho * *x + innov * rng.unit();
+                }
+                let abs = first + pos as i64;
+                if abs >= 0 && (abs as usize) < len_k {
+                    let kp = abs as usize;
+                    let sinks: Vec<usize> =
+                        sink_starts.iter().filter(|&&(s0, _)| kp >= s0 && kp < s0 + span).map(|&(_, s)| s).collect();
+                    for c in 0..d {
+                        let mut x = a_z * z[c] + a_noise * rng.unit();
+                        for &s in &sinks {
+                            x += a_sink * dirs[s][c];
+                        }
+                        k[[b, kp, hk, c]] = T::from_f64(x);
+                    }
+                }
+                let qi = abs - delta;
+                if qi >= 0 && (qi as usize) < len_q {
+                    for h in hk * group..(hk + 1) * group {
+                        for c in 0..d {
+                            let probe: f64 = dirs.iter().map(|u| u[c]).sum::<f64>() * a_probe;
+                            q[[b, qi as usize, h, c]] = T::from_f64(a_z * z[c] + a_noise * rng.unit() + probe);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (q, k)
+}
+
+/// splitmix64 with uniform unit-variance draws (the generator of [`xattn_structured_inputs`]).
+struct StructuredRng(u64);
+
+impl StructuredRng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform on [-sqrt(3), sqrt(3)): mean 0, variance 1.
+    fn unit(&mut self) -> f64 {
+        ((self.next() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * 3f64.sqrt()
+    }
 }
