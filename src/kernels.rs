@@ -127,6 +127,7 @@ pub trait Kernels {
 
 /// Implements [`Kernels`] for a backend through the generic host-array code of
 /// crate::launch, which both backends share.
+#[cfg(any(feature = "cpu", feature = "cuda"))]
 macro_rules! impl_kernels {
     ($backend:ty) => {
         impl $crate::kernels::Kernels for $backend {

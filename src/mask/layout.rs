@@ -35,17 +35,6 @@ impl Segment {
     }
 }
 
-/// What one position of a [`VideoLayout`] holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Token {
-    Text,
-    /// A visual token: the key range of its frame and of its whole video segment.
-    Visual {
-        frame: Range<usize>,
-        video: Range<usize>,
-    },
-}
-
 /// A sequence of text and video segments, e.g. `[Text(35), Frames{8 x 64}, Text(40)]`.
 ///
 /// ```
@@ -110,37 +99,31 @@ impl VideoLayout {
         self.segments.iter().map(|s| if let Segment::Frames { frames, .. } = s { *frames } else { 0 }).sum()
     }
 
-    /// Key ranges of every video segment, in order.
-    pub(crate) fn videos(&self) -> Vec<Range<usize>> {
-        let mut start = 0;
-        let mut out = Vec::new();
-        for s in &self.segments {
-            if matches!(s, Segment::Frames { .. }) {
-                out.push(start..start + s.len());
-            }
-            start += s.len();
-        }
-        out
+    /// Each segment with the position of its first token.
+    pub(crate) fn placed(&self) -> impl Iterator<Item = (usize, Segment)> + '_ {
+        self.segments.iter().scan(0, |pos, &s| {
+            let start = *pos;
+            *pos += s.len();
+            Some((start, s))
+        })
     }
 
-    /// What every position holds, in O(L).
-    pub(crate) fn tokens(&self) -> Vec<Token> {
-        let mut out = Vec::with_capacity(self.len);
-        let mut start = 0;
-        for s in &self.segments {
-            match *s {
-                Segment::Text(n) => out.extend(std::iter::repeat_n(Token::Text, n)),
-                Segment::Frames { frames, tokens } => {
-                    let video = start..start + frames * tokens;
-                    for f in 0..frames {
-                        let frame = start + f * tokens..start + (f + 1) * tokens;
-                        out.extend(std::iter::repeat_n(Token::Visual { frame, video: video.clone() }, tokens));
-                    }
-                }
+    /// Maximal runs of visual tokens, in order. Video segments with no text token
+    /// between them (adjacent, or split by an empty text run) form one run, because
+    /// the masks merge the key ranges of touching segments.
+    pub(crate) fn visual_runs(&self) -> impl Iterator<Item = Range<usize>> + '_ {
+        let mut videos = self
+            .placed()
+            .filter(|(_, s)| matches!(s, Segment::Frames { .. }))
+            .map(|(start, s)| start..start + s.len())
+            .peekable();
+        std::iter::from_fn(move || {
+            let mut run = videos.next()?;
+            while let Some(next) = videos.next_if(|v| v.start == run.end) {
+                run.end = next.end;
             }
-            start += s.len();
-        }
-        out
+            Some(run)
+        })
     }
 }
 

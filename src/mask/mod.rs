@@ -10,14 +10,10 @@
 //! `[0, 0)`, a lone non-empty interval sits in the first slot, and when both are
 //! non-empty `e0 < s1` (sorted, disjoint and not touching: touching ones are merged).
 
-// Rows are built as lists of key ranges that are then unioned; a list of one is no mistake.
-#![allow(clippy::single_range_in_vec_init)]
-
 mod layout;
 
 use std::ops::Range;
 
-use layout::Token;
 pub use layout::{Segment, VideoLayout};
 
 use crate::error::{invalid, Error, Result};
@@ -76,26 +72,20 @@ fn row(a: Option<Range<usize>>, b: Option<Range<usize>>) -> [i32; 4] {
     }
 }
 
-/// Union of ranges as one canonical row; `Err(n)` when it needs n > 2 intervals.
-fn union_row(mut ranges: Vec<Range<usize>>) -> std::result::Result<[i32; 4], usize> {
-    ranges.retain(|r| r.start < r.end);
-    ranges.sort_by_key(|r| r.start);
-    let mut merged: Vec<Range<usize>> = Vec::with_capacity(2);
-    for r in ranges {
-        match merged.last_mut() {
-            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-            _ => merged.push(r),
-        }
+/// Canonical row of `[s0, e0) U [s1, e1)`, given `e0 <= s1` when both are non-empty.
+fn canonical([s0, e0, s1, e1]: [i32; 4]) -> [i32; 4] {
+    match (s0 < e0, s1 < e1) {
+        (false, false) => [0; 4],
+        (true, false) => [s0, e0, 0, 0],
+        (false, true) => [s1, e1, 0, 0],
+        (true, true) if e0 == s1 => [s0, e1, 0, 0],
+        (true, true) => [s0, e0, s1, e1],
     }
-    match merged.len() {
-        0 => Ok(row(None, None)),
-        1 => Ok(row(merged.pop(), None)),
-        2 => {
-            let b = merged.pop();
-            Ok(row(merged.pop(), b))
-        }
-        n => Err(n),
-    }
+}
+
+/// Causal rows `[0, q + 1)` of the square masks' text queries `q` in `qs`.
+fn causal_rows(qs: Range<usize>) -> impl Iterator<Item = [i32; 4]> {
+    qs.map(|q| [0, q as i32 + 1, 0, 0])
 }
 
 fn check_len(what: &'static str, n: usize) -> Result<()> {
@@ -119,25 +109,9 @@ impl Mask {
         Self { kind, len_q, len_k, intervals: (0..len_q).map(rule).collect() }
     }
 
-    fn from_layout(
-        kind: MaskKind,
-        layout: &VideoLayout,
-        rule: impl Fn(usize, &Token) -> Vec<Range<usize>>,
-    ) -> Result<Self> {
-        let name = match kind {
-            MaskKind::FrameBlockCausal => "frame-wise block causal",
-            MaskKind::FullVisual => "full visual",
-            _ => "frame-wise block",
-        };
-        let intervals = layout
-            .tokens()
-            .iter()
-            .enumerate()
-            .map(|(q, t)| {
-                union_row(rule(q, t)).map_err(|needed| Error::TooManyIntervals { mask: name, row: q, needed })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self { kind, len_q: layout.len(), len_k: layout.len(), intervals })
+    fn square(kind: MaskKind, len: usize, intervals: Vec<[i32; 4]>) -> Self {
+        debug_assert_eq!(intervals.len(), len);
+        Self { kind, len_q: len, len_k: len, intervals }
     }
 
     /// Causal attention, bottom-right aligned as in flash-attention >= 2.1:
@@ -185,10 +159,18 @@ impl Mask {
     /// # Ok::<(), maskattn::Error>(())
     /// ```
     pub fn frame_block_causal(layout: &VideoLayout) -> Result<Self> {
-        Self::from_layout(MaskKind::FrameBlockCausal, layout, |q, t| match t {
-            Token::Text => vec![0..q + 1],
-            Token::Visual { frame, .. } => vec![0..q + 1, frame.clone()],
-        })
+        let mut intervals = Vec::with_capacity(layout.len());
+        for (start, segment) in layout.placed() {
+            match segment {
+                Segment::Text(n) => intervals.extend(causal_rows(start..start + n)),
+                Segment::Frames { frames, tokens } => {
+                    for f in 1..=frames {
+                        intervals.extend(std::iter::repeat_n(row(Some(0..start + f * tokens), None), tokens));
+                    }
+                }
+            }
+        }
+        Ok(Self::square(MaskKind::FrameBlockCausal, layout.len(), intervals))
     }
 
     /// TC-LLaVA full visual (Fig. 3 (2)): `k <= q`, or q and k are both visual (any
@@ -202,14 +184,29 @@ impl Mask {
     /// # Ok::<(), maskattn::Error>(())
     /// ```
     pub fn full_visual(layout: &VideoLayout) -> Result<Self> {
-        let videos = layout.videos();
-        Self::from_layout(MaskKind::FullVisual, layout, |q, t| {
-            let mut r = vec![0..q + 1];
-            if matches!(t, Token::Visual { .. }) {
-                r.extend(videos.iter().cloned());
+        // A visual query sees everything up to the end of its run of visual tokens, then
+        // every later run: the first run's queries need the most intervals, so the first
+        // of them is the row that fails.
+        let mut runs = layout.visual_runs();
+        let (first, second) = (runs.next(), runs.next());
+        let later = runs.count();
+        if let (Some(first), true) = (&first, later > 0) {
+            return Err(Error::TooManyIntervals { mask: "full visual", row: first.start, needed: 2 + later });
+        }
+        let mut intervals = Vec::with_capacity(layout.len());
+        for (start, segment) in layout.placed() {
+            match segment {
+                Segment::Text(n) => intervals.extend(causal_rows(start..start + n)),
+                Segment::Frames { .. } => {
+                    let visual_row = match &second {
+                        Some(run) if run.start <= start => row(Some(0..run.end), None),
+                        later => row(first.as_ref().map(|run| 0..run.end), later.clone()),
+                    };
+                    intervals.extend(std::iter::repeat_n(visual_row, segment.len()));
+                }
             }
-            r
-        })
+        }
+        Ok(Self::square(MaskKind::FullVisual, layout.len(), intervals))
     }
 
     /// TC-LLaVA frame-wise block (Fig. 3 (3)): a text query is causal; a visual query
@@ -223,29 +220,50 @@ impl Mask {
     /// # Ok::<(), maskattn::Error>(())
     /// ```
     pub fn frame_block(layout: &VideoLayout) -> Result<Self> {
-        let tokens = layout.tokens();
-        Self::from_layout(MaskKind::FrameBlock, layout, |q, t| match t {
-            Token::Text => vec![0..q + 1],
-            Token::Visual { frame, video } => {
-                let mut r = vec![frame.clone()];
-                // Text runs before the video (not earlier videos' frames).
-                let mut start = None;
-                for (p, tok) in tokens[..video.start].iter().enumerate() {
-                    match (tok, start) {
-                        (Token::Text, None) => start = Some(p),
-                        (Token::Visual { .. }, Some(s)) => {
-                            r.push(s..p);
-                            start = None;
-                        }
-                        _ => {}
+        // The maximal runs of text tokens so far: how many, the first and the latest.
+        let (mut text_runs, mut first, mut last) = (0usize, 0..0, 0..0);
+        let mut intervals = Vec::with_capacity(layout.len());
+        for (start, segment) in layout.placed() {
+            match segment {
+                Segment::Text(0) => {}
+                Segment::Text(n) => {
+                    intervals.extend(causal_rows(start..start + n));
+                    if text_runs > 0 && last.end == start {
+                        last.end += n;
+                    } else {
+                        text_runs += 1;
+                        last = start..start + n;
+                    }
+                    if text_runs == 1 {
+                        first = last.clone();
                     }
                 }
-                if let Some(s) = start {
-                    r.push(s..video.start);
+                Segment::Frames { frames, tokens } => {
+                    for f in 0..frames {
+                        let frame = start + f * tokens..start + (f + 1) * tokens;
+                        // Only the video's first frame can touch the text run before it.
+                        let (runs_before, own) = if text_runs > 0 && last.end == frame.start {
+                            (text_runs - 1, last.start..frame.end)
+                        } else {
+                            (text_runs, frame.clone())
+                        };
+                        let visual_row = match runs_before {
+                            0 => row(Some(own), None),
+                            1 => row(Some(first.clone()), Some(own)),
+                            n => {
+                                return Err(Error::TooManyIntervals {
+                                    mask: "frame-wise block",
+                                    row: frame.start,
+                                    needed: n + 1,
+                                })
+                            }
+                        };
+                        intervals.extend(std::iter::repeat_n(visual_row, tokens));
+                    }
                 }
-                r
             }
-        })
+        }
+        Ok(Self::square(MaskKind::FrameBlock, layout.len(), intervals))
     }
 
     /// Video-CCAM causal cross-attention: `num_queries` learnable queries split evenly
@@ -307,17 +325,24 @@ impl Mask {
         check_len("len_q", len_q)?;
         check_len("len_k", len_k)?;
         check_len("window", window)?;
-        let shift = len_k as i64 - len_q as i64;
-        Ok(Self::build(MaskKind::SlidingWindow, len_q, len_k, |q| {
-            let end = (q as i64 + shift + 1).clamp(0, len_k as i64) as usize; // causal bound
-            let win_start = end.saturating_sub(window);
-            let sink_end = sink.min(end);
-            if sink_end >= win_start {
-                row((end > 0).then_some(0..end), None)
-            } else {
-                row((sink_end > 0).then_some(0..sink_end), Some(win_start..end))
-            }
-        }))
+        let (lq, shift) = (len_q as i64, len_k as i64 - len_q as i64);
+        // Sinks past the last key change nothing; capping them keeps the bounds in i64.
+        let sink = sink.min(len_k) as i64;
+        // Rows in order of their causal bound `end = q' + 1`: no key yet, then one run
+        // while the window still reaches the sinks, then the sinks and the window apart.
+        let q0 = (-shift).clamp(0, lq);
+        let q1 = (window as i64 + sink - shift).clamp(q0, lq);
+        let end = |q: i64| (q + shift + 1) as i32;
+        let (w, sink) = (window as i32, sink as i32);
+        let mut intervals = Vec::with_capacity(len_q);
+        intervals.extend(std::iter::repeat_n([0; 4], q0 as usize));
+        intervals.extend((q0..q1).map(|q| [0, end(q), 0, 0]));
+        if sink > 0 {
+            intervals.extend((q1..lq).map(|q| [0, sink, end(q) - w, end(q)]));
+        } else {
+            intervals.extend((q1..lq).map(|q| [end(q) - w, end(q), 0, 0]));
+        }
+        Ok(Self { kind: MaskKind::SlidingWindow, len_q, len_k, intervals })
     }
 
     /// Packed documents (block diagonal): query and key sequences are the same
@@ -333,22 +358,24 @@ impl Mask {
         if doc_lens.is_empty() {
             return Err(invalid("doc_lens", "no documents"));
         }
-        let mut docs = Vec::with_capacity(doc_lens.len());
         let mut len = 0usize;
         for &n in doc_lens {
             check_len("document length", n)?;
-            docs.push(len..len + n);
             len = len.checked_add(n).ok_or_else(|| invalid("doc_lens", "overflows"))?;
         }
         check_len("total length", len)?;
-        let mut doc_of = Vec::with_capacity(len);
-        for d in &docs {
-            doc_of.extend(std::iter::repeat_n(d.clone(), d.len()));
+        let mut intervals = Vec::with_capacity(len);
+        let mut start = 0;
+        for &n in doc_lens {
+            let (s, e) = (start as i32, (start + n) as i32);
+            if causal {
+                intervals.extend((s..e).map(|q| [s, q + 1, 0, 0]));
+            } else {
+                intervals.extend(std::iter::repeat_n([s, e, 0, 0], n));
+            }
+            start += n;
         }
-        Ok(Self::build(MaskKind::Document, len, len, |q| {
-            let d = &doc_of[q];
-            row(Some(d.start..if causal { q + 1 } else { d.end }), None)
-        }))
+        Ok(Self::square(MaskKind::Document, len, intervals))
     }
 
     /// A mask from user-given rows `[s0, e0, s1, e1]`, checked and brought to
@@ -378,7 +405,7 @@ impl Mask {
                 if s0 < e0 && s1 < e1 && e0 > s1 {
                     return Err(bad(format!("[{s0}, {e0}) and [{s1}, {e1}) overlap or are not sorted")));
                 }
-                Ok(union_row(vec![s0 as usize..e0 as usize, s1 as usize..e1 as usize]).expect("two ranges"))
+                Ok(canonical([s0, e0, s1, e1]))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { kind: MaskKind::Custom, len_q: intervals.len(), len_k, intervals })
