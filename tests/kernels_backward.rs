@@ -1,22 +1,25 @@
-//! GPU fuzz of the backward kernels: random batch, heads (GQA), lengths that are not
-//! tile multiples, head dims, dtypes, both dQ modes and masks of every family
-//! (including video masks of 576 and 729 tokens per frame), compared with the f64
-//! reference backward on the same rounded inputs, with O and LSE from the f64
-//! reference forward (O rounded to the dtype, LSE to f32, as a kernel's forward would
-//! hand them over). Each of dQ, dK, dV must stay within 2x the error of a plain
+//! Fuzz of the backward kernels on every backend (the CPU backend always, the GPU when
+//! there is one), through [`Kernels::attention_grad`] (the kernels' forward, then the
+//! backward): random batch, heads (GQA), lengths that are not tile multiples, head
+//! dims, dtypes, both dQ modes and masks of every family (including video masks of 576
+//! and 729 tokens per frame), compared with the f64 reference backward on the same
+//! rounded inputs. Each of dQ, dK, dV must stay within 2x the error of a plain
 //! same-dtype backward (`plain_backward`, what PyTorch's autograd of the math attention
 //! computes in that dtype), flash-attention's own criterion. The deterministic mode must
-//! also be bit-identical between two runs. 200 cases with a fixed seed;
-//! MASKATTN_GPU_FUZZ_CASES for more.
-#![cfg(feature = "cuda")]
+//! also be bit-identical between two runs (on the CPU backend the second run has
+//! another schedule seed: other warp interleavings and CTA orders). 100 cases on the
+//! CPU backend, 200 on a GPU, fixed seed; MASKATTN_GPU_FUZZ_CASES for more.
+//! The device-pointer API (`Gpu::attention_backward` with given O and LSE: the
+//! reference forward's, strided layouts, its own input checks) is tested on a GPU only.
+#![cfg(any(feature = "cuda", feature = "cpu"))]
 
 mod common;
 
 use common::{max_abs_diff, random_array};
 use half::{bf16, f16};
-use maskattn::cuda::{DeviceTensor, DeviceTensorMut, Gpu, KernelElement, Layout4};
 use maskattn::{reference, Element, Mask, VideoLayout};
-use ndarray::{Array3, Array4};
+use maskattn::{KernelElement, Kernels};
+use ndarray::Array4;
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -50,54 +53,6 @@ fn arb_case() -> impl Strategy<Value = Case> {
                 if mask.len_q() * mask.len_k() > 200_000 { (1, (heads.0.min(2), 1)) } else { (batch, heads) };
             Case { mask, batch, heads, head_dim, bf16, scale, deterministic, seed }
         })
-}
-
-/// The device API on host arrays: uploads, [`Gpu::attention_backward`] with the given
-/// forward results, downloads (dq, dk, dv).
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-fn gpu_backward<T: KernelElement>(
-    gpu: &Gpu,
-    q: &Array4<T>,
-    k: &Array4<T>,
-    v: &Array4<T>,
-    out: &Array4<T>,
-    lse: &Array3<f32>,
-    d_out: &Array4<T>,
-    mask: &Mask,
-    scale: Option<f32>,
-    deterministic: bool,
-) -> maskattn::Result<(Array4<T>, Array4<T>, Array4<T>)> {
-    let dims = |a: &Array4<T>| <[usize; 4]>::try_from(a.shape()).unwrap();
-    let up = |a: &Array4<T>| gpu.upload(a.as_standard_layout().as_slice().unwrap());
-    let (qd, kd, vd, od, dod) = (up(q)?, up(k)?, up(v)?, up(out)?, up(d_out)?);
-    let lse_d = gpu.upload(lse.as_standard_layout().as_slice().unwrap())?;
-    let mut dq = gpu.zeros::<T>(q.len())?;
-    let mut dk = gpu.zeros::<T>(k.len())?;
-    let mut dv = gpu.zeros::<T>(k.len())?;
-    let mask_d = gpu.upload_backward_mask(mask, q.shape()[3])?;
-    fn t<T>(s: &cudarc_slice::Slice<T>, d: [usize; 4]) -> DeviceTensor<'_, T> {
-        DeviceTensor { data: s.as_view(), layout: Layout4::contiguous(d) }
-    }
-    gpu.attention_backward(
-        &t(&qd, dims(q)),
-        &t(&kd, dims(k)),
-        &t(&vd, dims(v)),
-        &t(&od, dims(q)),
-        &lse_d.as_view(),
-        &t(&dod, dims(q)),
-        &mask_d,
-        scale,
-        deterministic,
-        &mut DeviceTensorMut { data: dq.as_view_mut(), layout: Layout4::contiguous(dims(q)) },
-        &mut DeviceTensorMut { data: dk.as_view_mut(), layout: Layout4::contiguous(dims(k)) },
-        &mut DeviceTensorMut { data: dv.as_view_mut(), layout: Layout4::contiguous(dims(k)) },
-    )?;
-    let host = |s: &cudarc_slice::Slice<T>, d: [usize; 4]| Array4::from_shape_vec(d, gpu.download(s).unwrap()).unwrap();
-    Ok((host(&dq, dims(q)), host(&dk, dims(k)), host(&dv, dims(k))))
-}
-
-mod cudarc_slice {
-    pub type Slice<T> = maskattn::cuda::cudarc::driver::CudaSlice<T>;
 }
 
 /// A plain same-dtype backward, the yardstick of kernel error: what PyTorch's autograd
@@ -188,7 +143,32 @@ fn bits<T: Element>(a: &Array4<T>) -> Vec<u64> {
     a.iter().map(|x| x.to_f64().to_bits()).collect()
 }
 
-fn check<T: KernelElement>(gpu: &Gpu, c: &Case) -> Result<(), TestCaseError> {
+/// The handle of the second run of the bit-identity check: on the CPU backend one
+/// with another schedule seed (warps and CTAs run in another order, so an
+/// order-dependent dQ would show), on a GPU the same device.
+trait Rerun: Kernels {
+    fn rerun(&self) -> &Self;
+}
+
+#[cfg(feature = "cpu")]
+impl Rerun for maskattn::cpu::CpuBackend {
+    fn rerun(&self) -> &Self {
+        static OTHER: std::sync::OnceLock<maskattn::cpu::CpuBackend> = std::sync::OnceLock::new();
+        OTHER.get_or_init(|| {
+            let options = maskattn::cpu::CpuOptions { seed: self.options().seed ^ 0x5eed_5eed, ..self.options() };
+            maskattn::cpu::CpuBackend::with_options(options)
+        })
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Rerun for maskattn::cuda::Gpu {
+    fn rerun(&self) -> &Self {
+        self
+    }
+}
+
+fn check<K: Rerun, T: KernelElement>(kernels: &K, c: &Case) -> Result<(), TestCaseError> {
     let (hq, hkv) = c.heads;
     let (lq, lk, d) = (c.mask.len_q(), c.mask.len_k(), c.head_dim);
     let (q64, q) = common::rounded::<T>(random_array((c.batch, lq, hq, d), c.seed) * 1.5);
@@ -196,20 +176,21 @@ fn check<T: KernelElement>(gpu: &Gpu, c: &Case) -> Result<(), TestCaseError> {
     let (v64, v) = common::rounded::<T>(random_array((c.batch, lk, hkv, d), c.seed ^ 2));
     let (do64, d_out) = common::rounded::<T>(random_array((c.batch, lq, hq, d), c.seed ^ 3));
     let fwd = reference::attention(q64.view(), k64.view(), v64.view(), &c.mask, c.scale).unwrap();
-    let out = fwd.out.mapv(T::from_f64);
-    let lse = fwd.lse.mapv(|x| x as f32);
     let want =
         reference::attention_backward(q64.view(), k64.view(), v64.view(), &fwd, do64.view(), &c.mask, c.scale).unwrap();
     let scale = c.scale.unwrap_or(1.0 / (d as f64).sqrt());
     let (plain_dq, plain_dk, plain_dv) = plain_backward::<T>(&q64, &k64, &v64, &do64, &c.mask, scale);
     let scale32 = c.scale.map(|s| s as f32);
-    let (dq, dk, dv) = gpu_backward(gpu, &q, &k, &v, &out, &lse, &d_out, &c.mask, scale32, c.deterministic).unwrap();
+    let grad = |kernels: &K| {
+        kernels.attention_grad(q.view(), k.view(), v.view(), d_out.view(), &c.mask, scale32, c.deterministic).unwrap()
+    };
+    let (dq, dk, dv) = grad(kernels);
     let f = |a: &Array4<T>| a.mapv(T::to_f64);
     within_plain("dq", &f(&dq), &plain_dq, &want.dq)?;
     within_plain("dk", &f(&dk), &plain_dk, &want.dk)?;
     within_plain("dv", &f(&dv), &plain_dv, &want.dv)?;
     if c.deterministic {
-        let (dq2, dk2, dv2) = gpu_backward(gpu, &q, &k, &v, &out, &lse, &d_out, &c.mask, scale32, true).unwrap();
+        let (dq2, dk2, dv2) = grad(kernels.rerun());
         prop_assert!(bits(&dq) == bits(&dq2), "deterministic dq differs between two runs");
         prop_assert!(bits(&dk) == bits(&dk2) && bits(&dv) == bits(&dv2), "dk/dv differ between two runs");
     }
@@ -218,208 +199,351 @@ fn check<T: KernelElement>(gpu: &Gpu, c: &Case) -> Result<(), TestCaseError> {
 
 #[test]
 fn backward_matches_the_reference_within_twice_the_plain_error() {
-    let Some(gpu) = common::shared_gpu() else { return };
-    proptest!(common::gpu_fuzz_config(200, 0x6277_6421), |(c in arb_case())| {
-        if c.bf16 { check::<bf16>(gpu, &c)? } else { check::<f16>(gpu, &c)? }
+    each_backend!(|backend, kernels| {
+        proptest!(common::fuzz_config(backend, 200, 100, 0x6277_6421), |(c in arb_case())| {
+            if c.bf16 { check::<_, bf16>(kernels, &c)? } else { check::<_, f16>(kernels, &c)? }
+        });
     });
 }
 
 /// A handful of small cases for compute-sanitizer (memcheck, racecheck), both dQ modes:
-/// `compute-sanitizer --tool racecheck <gpu_backward binary> --exact sanitizer_subset_bwd`.
+/// `compute-sanitizer --tool racecheck <kernels_backward binary> --exact sanitizer_subset_bwd`.
 #[test]
 fn sanitizer_subset_bwd() {
-    let Some(gpu) = common::shared_gpu() else { return };
-    let masks = common::sanitizer_masks();
-    for (i, mask) in masks.into_iter().enumerate() {
+    each_backend!(|backend, kernels| {
+        for c in sanitizer_cases() {
+            let r = if c.bf16 { check::<_, bf16>(kernels, &c) } else { check::<_, f16>(kernels, &c) };
+            r.unwrap_or_else(|e| panic!("{backend}: {c:?}: {e}"));
+        }
+    });
+}
+
+/// The cases of [`sanitizer_subset_bwd`]: the common sanitizer masks at every head dim,
+/// both dtypes and both dQ modes.
+fn sanitizer_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for (i, mask) in common::sanitizer_masks().into_iter().enumerate() {
         for (head_dim, bf16, deterministic) in
             [(64, true, false), (96, false, true), (128, true, true), (128, false, false)]
         {
-            let c = Case {
-                mask: mask.clone(),
-                batch: 2,
-                heads: (4, 2),
-                head_dim,
-                bf16,
-                scale: None,
-                deterministic,
-                seed: i as u64,
-            };
-            let r = if bf16 { check::<bf16>(gpu, &c) } else { check::<f16>(gpu, &c) };
-            r.unwrap_or_else(|e| panic!("{c:?}: {e}"));
+            let (batch, heads, scale, seed) = (2, (4, 2), None, i as u64);
+            cases.push(Case { mask: mask.clone(), batch, heads, head_dim, bf16, scale, deterministic, seed });
         }
     }
+    cases
 }
 
 /// The two dQ modes agree to the accumulation order, and dK, dV (which never use
 /// atomics) are bit-identical between them.
 #[test]
 fn atomic_and_deterministic_modes_agree() {
-    let Some(gpu) = common::shared_gpu() else { return };
-    let mask = Mask::frame_block_causal(&"text:33,frames:3x576,text:40".parse().unwrap()).unwrap();
-    let (b, hq, hkv, d) = (1, 4, 2, 128);
-    let (lq, lk) = (mask.len_q(), mask.len_k());
-    let (q64, q) = common::rounded::<bf16>(random_array((b, lq, hq, d), 21));
-    let (k64, k) = common::rounded::<bf16>(random_array((b, lk, hkv, d), 22));
-    let (v64, v) = common::rounded::<bf16>(random_array((b, lk, hkv, d), 23));
-    let (_, d_out) = common::rounded::<bf16>(random_array((b, lq, hq, d), 24));
-    let fwd = reference::attention(q64.view(), k64.view(), v64.view(), &mask, None).unwrap();
-    let (out, lse) = (fwd.out.mapv(bf16::from_f64), fwd.lse.mapv(|x| x as f32));
-    let a = gpu_backward(gpu, &q, &k, &v, &out, &lse, &d_out, &mask, None, false).unwrap();
-    let det = gpu_backward(gpu, &q, &k, &v, &out, &lse, &d_out, &mask, None, true).unwrap();
-    assert!(bits(&a.1) == bits(&det.1) && bits(&a.2) == bits(&det.2), "dk/dv depend on the dQ mode");
-    let (x, y) = (a.0.mapv(|e| e.to_f64()), det.0.mapv(|e| e.to_f64()));
-    let magnitude = y.iter().fold(0.0f64, |m, e| m.max(e.abs()));
-    assert!(max_abs_diff(&x, &y) <= 1e-2 * magnitude, "dq modes differ by {:e}", max_abs_diff(&x, &y));
+    each_backend!(|backend, kernels| {
+        let mask = Mask::frame_block_causal(&"text:33,frames:3x576,text:40".parse().unwrap()).unwrap();
+        let (b, hq, hkv, d) = (1, 4, 2, 128);
+        let (lq, lk) = (mask.len_q(), mask.len_k());
+        let (_, q) = common::rounded::<bf16>(random_array((b, lq, hq, d), 21));
+        let (_, k) = common::rounded::<bf16>(random_array((b, lk, hkv, d), 22));
+        let (_, v) = common::rounded::<bf16>(random_array((b, lk, hkv, d), 23));
+        let (_, d_out) = common::rounded::<bf16>(random_array((b, lq, hq, d), 24));
+        let grad = |det| kernels.attention_grad(q.view(), k.view(), v.view(), d_out.view(), &mask, None, det).unwrap();
+        let (a, det) = (grad(false), grad(true));
+        assert!(bits(&a.1) == bits(&det.1) && bits(&a.2) == bits(&det.2), "{backend}: dk/dv depend on the dQ mode");
+        let (x, y) = (a.0.mapv(|e| e.to_f64()), det.0.mapv(|e| e.to_f64()));
+        let magnitude = y.iter().fold(0.0f64, |m, e| m.max(e.abs()));
+        assert!(max_abs_diff(&x, &y) <= 1e-2 * magnitude, "{backend}: dq modes differ by {:e}", max_abs_diff(&x, &y));
+    });
 }
 
-/// Strided layouts (`[B, H, L, D]` storage seen as `[B, L, H, D]`, for inputs and
-/// outputs) give the contiguous layout's results bit for bit.
-#[test]
-fn strided_layouts_match_contiguous() {
-    let Some(gpu) = common::shared_gpu() else { return };
-    let mask = Mask::causal_cross(100, 3, 45).unwrap();
-    let (b, hq, hkv, d) = (2, 4, 2, 64);
-    let (lq, lk) = (mask.len_q(), mask.len_k());
-    let (q64, q) = common::rounded::<f16>(random_array((b, lq, hq, d), 31));
-    let (k64, k) = common::rounded::<f16>(random_array((b, lk, hkv, d), 32));
-    let (v64, v) = common::rounded::<f16>(random_array((b, lk, hkv, d), 33));
-    let (_, d_out) = common::rounded::<f16>(random_array((b, lq, hq, d), 34));
-    let fwd = reference::attention(q64.view(), k64.view(), v64.view(), &mask, None).unwrap();
-    let (out, lse) = (fwd.out.mapv(f16::from_f64), fwd.lse.mapv(|x| x as f32));
-    let want = gpu_backward(gpu, &q, &k, &v, &out, &lse, &d_out, &mask, None, true).unwrap();
-
-    // [B, L, H, D] -> [B, H, L, D] storage, and the layout that reads it as [B, L, H, D].
-    let bhld = |a: &Array4<f16>| a.view().permuted_axes([0, 2, 1, 3]).as_standard_layout().into_owned();
-    let layout = |[b, l, h, d]: [usize; 4]| Layout4 { dims: [b, l, h, d], strides: [h * l * d, d, l * d, 1] };
-    let (qs, ks, vs, os, dos) = (bhld(&q), bhld(&k), bhld(&v), bhld(&out), bhld(&d_out));
-    let up = |a: &Array4<f16>| gpu.upload(a.as_slice().unwrap()).unwrap();
-    let (qd, kd, vd, od, dod) = (up(&qs), up(&ks), up(&vs), up(&os), up(&dos));
-    let lse_d = gpu.upload(lse.as_slice().unwrap()).unwrap();
-    let (qdims, kdims) = ([b, lq, hq, d], [b, lk, hkv, d]);
-    let (mut dq, mut dk, mut dv) =
-        (gpu.zeros::<f16>(q.len()).unwrap(), gpu.zeros::<f16>(k.len()).unwrap(), gpu.zeros::<f16>(k.len()).unwrap());
-    let mask_d = gpu.upload_backward_mask(&mask, d).unwrap();
-    gpu.attention_backward(
-        &DeviceTensor { data: qd.as_view(), layout: layout(qdims) },
-        &DeviceTensor { data: kd.as_view(), layout: layout(kdims) },
-        &DeviceTensor { data: vd.as_view(), layout: layout(kdims) },
-        &DeviceTensor { data: od.as_view(), layout: layout(qdims) },
-        &lse_d.as_view(),
-        &DeviceTensor { data: dod.as_view(), layout: layout(qdims) },
-        &mask_d,
-        None,
-        true,
-        &mut DeviceTensorMut { data: dq.as_view_mut(), layout: layout(qdims) },
-        &mut DeviceTensorMut { data: dk.as_view_mut(), layout: layout(kdims) },
-        &mut DeviceTensorMut { data: dv.as_view_mut(), layout: layout(kdims) },
-    )
-    .unwrap();
-    let back = |s: &cudarc_slice::Slice<f16>, [b, l, h, d]: [usize; 4]| {
-        Array4::from_shape_vec((b, h, l, d), gpu.download(s).unwrap()).unwrap().permuted_axes([0, 2, 1, 3])
-    };
-    assert!(bits(&back(&dq, qdims)) == bits(&want.0), "dq");
-    assert!(bits(&back(&dk, kdims)) == bits(&want.1), "dk");
-    assert!(bits(&back(&dv, kdims)) == bits(&want.2), "dv");
-}
-
-/// `Gpu::attention_grad` (the kernels' forward, then the backward) against the f64
-/// reference, within twice the error of the plain forward followed by the plain
-/// backward on its rounded output.
+/// [`Kernels::attention_grad`] (the kernels' forward, then the backward) on a video
+/// mask and a causal one, against the f64 reference, within twice the error of the
+/// plain forward followed by the plain backward on its rounded output.
 #[test]
 fn attention_grad_runs_forward_then_backward() {
-    let Some(gpu) = common::shared_gpu() else { return };
-    let layout: VideoLayout = "text:20,frames:2x576,text:31".parse().unwrap();
-    for (mask, deterministic) in
-        [(Mask::frame_block_causal(&layout).unwrap(), false), (Mask::causal(333, 333).unwrap(), true)]
-    {
-        let (b, hq, hkv, d) = (1, 2, 1, 96);
-        let (lq, lk) = (mask.len_q(), mask.len_k());
-        let (q64, q) = common::rounded::<bf16>(random_array((b, lq, hq, d), 41) * 1.5);
-        let (k64, k) = common::rounded::<bf16>(random_array((b, lk, hkv, d), 42) * 1.5);
-        let (v64, v) = common::rounded::<bf16>(random_array((b, lk, hkv, d), 43));
-        let (do64, d_out) = common::rounded::<bf16>(random_array((b, lq, hq, d), 44));
-        let fwd = reference::attention(q64.view(), k64.view(), v64.view(), &mask, None).unwrap();
-        let want =
-            reference::attention_backward(q64.view(), k64.view(), v64.view(), &fwd, do64.view(), &mask, None).unwrap();
-        let (plain_dq, plain_dk, plain_dv) =
-            plain_backward::<bf16>(&q64, &k64, &v64, &do64, &mask, 1.0 / (d as f64).sqrt());
-        let (dq, dk, dv) =
-            gpu.attention_grad(q.view(), k.view(), v.view(), d_out.view(), &mask, None, deterministic).unwrap();
-        let f = |a: &Array4<bf16>| a.mapv(|x| x.to_f64());
-        let run = || -> Result<(), TestCaseError> {
-            within_plain("dq", &f(&dq), &plain_dq, &want.dq)?;
-            within_plain("dk", &f(&dk), &plain_dk, &want.dk)?;
-            within_plain("dv", &f(&dv), &plain_dv, &want.dv)
-        };
-        run().unwrap_or_else(|e| panic!("{:?}: {e}", mask.kind()));
-    }
+    each_backend!(|backend, kernels| {
+        let layout: VideoLayout = "text:20,frames:2x576,text:31".parse().unwrap();
+        for (mask, deterministic) in
+            [(Mask::frame_block_causal(&layout).unwrap(), false), (Mask::causal(333, 333).unwrap(), true)]
+        {
+            let (b, hq, hkv, d) = (1, 2, 1, 96);
+            let (lq, lk) = (mask.len_q(), mask.len_k());
+            let (q64, q) = common::rounded::<bf16>(random_array((b, lq, hq, d), 41) * 1.5);
+            let (k64, k) = common::rounded::<bf16>(random_array((b, lk, hkv, d), 42) * 1.5);
+            let (v64, v) = common::rounded::<bf16>(random_array((b, lk, hkv, d), 43));
+            let (do64, d_out) = common::rounded::<bf16>(random_array((b, lq, hq, d), 44));
+            let fwd = reference::attention(q64.view(), k64.view(), v64.view(), &mask, None).unwrap();
+            let want =
+                reference::attention_backward(q64.view(), k64.view(), v64.view(), &fwd, do64.view(), &mask, None)
+                    .unwrap();
+            let (plain_dq, plain_dk, plain_dv) =
+                plain_backward::<bf16>(&q64, &k64, &v64, &do64, &mask, 1.0 / (d as f64).sqrt());
+            let (dq, dk, dv) =
+                kernels.attention_grad(q.view(), k.view(), v.view(), d_out.view(), &mask, None, deterministic).unwrap();
+            let f = |a: &Array4<bf16>| a.mapv(|x| x.to_f64());
+            let run = || -> Result<(), TestCaseError> {
+                within_plain("dq", &f(&dq), &plain_dq, &want.dq)?;
+                within_plain("dk", &f(&dk), &plain_dk, &want.dk)?;
+                within_plain("dv", &f(&dv), &plain_dv, &want.dv)
+            };
+            run().unwrap_or_else(|e| panic!("{backend}: {:?}: {e}", mask.kind()));
+        }
+    });
 }
 
 #[test]
 fn bad_inputs_are_errors_before_any_launch() {
-    let Some(gpu) = common::shared_gpu() else { return };
-    let mask = Mask::causal(10, 10).unwrap();
-    let x = Array4::<bf16>::zeros((1, 10, 2, 64));
-    let lse = Array3::<f32>::zeros((1, 2, 10));
-    let ok = gpu_backward(gpu, &x, &x, &x, &x, &lse, &x, &mask, None, false);
-    assert!(ok.is_ok(), "{ok:?}");
-    let wrong_dim = Array4::<bf16>::zeros((1, 10, 2, 80));
-    let wrong_len = Array4::<bf16>::zeros((1, 9, 2, 64));
-    let wrong_heads = Array4::<bf16>::zeros((1, 10, 3, 64));
-    let wdl = Array3::<f32>::zeros((1, 2, 10));
-    assert!(matches!(
-        gpu_backward(gpu, &wrong_dim, &wrong_dim, &wrong_dim, &wrong_dim, &wdl, &wrong_dim, &mask, None, false),
-        Err(maskattn::Error::Unsupported(_))
-    ));
-    assert!(matches!(
-        gpu_backward(gpu, &x, &wrong_len, &wrong_len, &x, &lse, &x, &mask, None, false),
-        Err(maskattn::Error::Shape(_))
-    ));
-    assert!(matches!(
-        gpu_backward(gpu, &x, &wrong_heads, &wrong_heads, &x, &lse, &x, &mask, None, true),
-        Err(maskattn::Error::Shape(_))
-    ));
-    assert!(matches!(
-        gpu_backward(gpu, &x, &x, &x, &wrong_len, &lse, &x, &mask, None, false),
-        Err(maskattn::Error::Shape(_))
-    ));
-    let short_lse = Array3::<f32>::zeros((1, 2, 9));
-    assert!(matches!(
-        gpu_backward(gpu, &x, &x, &x, &x, &short_lse, &x, &mask, None, false),
-        Err(maskattn::Error::Shape(_))
-    ));
-    for bad_scale in [f32::INFINITY, f32::NAN, 0.0, -0.1] {
-        assert!(
-            gpu_backward(gpu, &x, &x, &x, &x, &lse, &x, &mask, Some(bad_scale), false).is_err(),
-            "scale {bad_scale}"
-        );
+    each_backend!(|backend, kernels| {
+        let mask = Mask::causal(10, 10).unwrap();
+        let x = Array4::<bf16>::zeros((1, 10, 2, 64));
+        let grad = |q: &Array4<bf16>, kv: &Array4<bf16>, d_out: &Array4<bf16>, m: &Mask, s, det| {
+            kernels.attention_grad(q.view(), kv.view(), kv.view(), d_out.view(), m, s, det)
+        };
+        let ok = grad(&x, &x, &x, &mask, None, false);
+        assert!(ok.is_ok(), "{backend}: {ok:?}");
+        let wrong_dim = Array4::<bf16>::zeros((1, 10, 2, 80));
+        let wrong_len = Array4::<bf16>::zeros((1, 9, 2, 64));
+        let wrong_heads = Array4::<bf16>::zeros((1, 10, 3, 64));
+        assert!(matches!(
+            grad(&wrong_dim, &wrong_dim, &wrong_dim, &mask, None, false),
+            Err(maskattn::Error::Unsupported(_))
+        ));
+        assert!(matches!(grad(&x, &wrong_len, &x, &mask, None, false), Err(maskattn::Error::Shape(_))));
+        assert!(matches!(grad(&x, &wrong_heads, &x, &mask, None, true), Err(maskattn::Error::Shape(_))));
+        assert!(matches!(grad(&x, &x, &wrong_len, &mask, None, false), Err(maskattn::Error::Shape(_))));
+        for bad_scale in [f32::INFINITY, f32::NAN, 0.0, -0.1] {
+            assert!(grad(&x, &x, &x, &mask, Some(bad_scale), false).is_err(), "{backend}: scale {bad_scale}");
+        }
+        let other_mask = Mask::causal(10, 12).unwrap();
+        assert!(matches!(grad(&x, &x, &x, &other_mask, None, false), Err(maskattn::Error::Shape(_))));
+    });
+}
+
+/// The device-pointer API of the backward (`Gpu::attention_backward`, given O and
+/// LSE), on a GPU only: the CPU backend has no such API.
+#[cfg(feature = "cuda")]
+mod device {
+    use super::*;
+    use maskattn::cuda::{DeviceTensor, DeviceTensorMut, Gpu, Layout4};
+    use ndarray::Array3;
+
+    fn gpu() -> Option<&'static Gpu> {
+        let gpu = common::shared_gpu();
+        if gpu.is_none() {
+            eprintln!("skipping: the device-pointer API needs a GPU");
+        }
+        gpu
     }
-    let other_mask = Mask::causal(10, 12).unwrap();
-    assert!(matches!(
-        gpu_backward(gpu, &x, &x, &x, &x, &lse, &x, &other_mask, None, false),
-        Err(maskattn::Error::Shape(_))
-    ));
-    // A mask uploaded for another head dim.
-    let m96 = gpu.upload_backward_mask(&mask, 96).unwrap();
-    let s = gpu.upload(x.as_slice().unwrap()).unwrap();
-    let mut o1 = gpu.zeros::<bf16>(x.len()).unwrap();
-    let mut o2 = gpu.zeros::<bf16>(x.len()).unwrap();
-    let mut o3 = gpu.zeros::<bf16>(x.len()).unwrap();
-    let l = gpu.upload(lse.as_slice().unwrap()).unwrap();
-    let t = || DeviceTensor { data: s.as_view(), layout: Layout4::contiguous([1, 10, 2, 64]) };
-    let r = gpu.attention_backward(
-        &t(),
-        &t(),
-        &t(),
-        &t(),
-        &l.as_view(),
-        &t(),
-        &m96,
-        None,
-        false,
-        &mut DeviceTensorMut { data: o1.as_view_mut(), layout: Layout4::contiguous([1, 10, 2, 64]) },
-        &mut DeviceTensorMut { data: o2.as_view_mut(), layout: Layout4::contiguous([1, 10, 2, 64]) },
-        &mut DeviceTensorMut { data: o3.as_view_mut(), layout: Layout4::contiguous([1, 10, 2, 64]) },
-    );
-    assert!(matches!(r, Err(maskattn::Error::Shape(_))), "{r:?}");
+
+    /// The device API on host arrays: uploads, [`Gpu::attention_backward`] with the given
+    /// forward results, downloads (dq, dk, dv).
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn gpu_backward<T: KernelElement>(
+        gpu: &Gpu,
+        q: &Array4<T>,
+        k: &Array4<T>,
+        v: &Array4<T>,
+        out: &Array4<T>,
+        lse: &Array3<f32>,
+        d_out: &Array4<T>,
+        mask: &Mask,
+        scale: Option<f32>,
+        deterministic: bool,
+    ) -> maskattn::Result<(Array4<T>, Array4<T>, Array4<T>)> {
+        let dims = |a: &Array4<T>| <[usize; 4]>::try_from(a.shape()).unwrap();
+        let up = |a: &Array4<T>| gpu.upload(a.as_standard_layout().as_slice().unwrap());
+        let (qd, kd, vd, od, dod) = (up(q)?, up(k)?, up(v)?, up(out)?, up(d_out)?);
+        let lse_d = gpu.upload(lse.as_standard_layout().as_slice().unwrap())?;
+        let mut dq = gpu.zeros::<T>(q.len())?;
+        let mut dk = gpu.zeros::<T>(k.len())?;
+        let mut dv = gpu.zeros::<T>(k.len())?;
+        let mask_d = gpu.upload_backward_mask(mask, q.shape()[3])?;
+        fn t<T>(s: &cudarc_slice::Slice<T>, d: [usize; 4]) -> DeviceTensor<'_, T> {
+            DeviceTensor { data: s.as_view(), layout: Layout4::contiguous(d) }
+        }
+        gpu.attention_backward(
+            &t(&qd, dims(q)),
+            &t(&kd, dims(k)),
+            &t(&vd, dims(v)),
+            &t(&od, dims(q)),
+            &lse_d.as_view(),
+            &t(&dod, dims(q)),
+            &mask_d,
+            scale,
+            deterministic,
+            &mut DeviceTensorMut { data: dq.as_view_mut(), layout: Layout4::contiguous(dims(q)) },
+            &mut DeviceTensorMut { data: dk.as_view_mut(), layout: Layout4::contiguous(dims(k)) },
+            &mut DeviceTensorMut { data: dv.as_view_mut(), layout: Layout4::contiguous(dims(k)) },
+        )?;
+        let host =
+            |s: &cudarc_slice::Slice<T>, d: [usize; 4]| Array4::from_shape_vec(d, gpu.download(s).unwrap()).unwrap();
+        Ok((host(&dq, dims(q)), host(&dk, dims(k)), host(&dv, dims(k))))
+    }
+
+    mod cudarc_slice {
+        pub type Slice<T> = maskattn::cuda::cudarc::driver::CudaSlice<T>;
+    }
+
+    /// The backward alone, given the f64 reference forward's O (rounded to the dtype)
+    /// and LSE (rounded to f32), as a caller's own forward would hand them over: the
+    /// criterion of the fuzz on the cases of the sanitizer subset.
+    #[test]
+    fn backward_given_the_reference_forward() {
+        let Some(gpu) = gpu() else { return };
+        for c in sanitizer_cases() {
+            let r =
+                if c.bf16 { given_reference_forward::<bf16>(gpu, &c) } else { given_reference_forward::<f16>(gpu, &c) };
+            r.unwrap_or_else(|e| panic!("{c:?}: {e}"));
+        }
+    }
+
+    fn given_reference_forward<T: KernelElement>(gpu: &Gpu, c: &Case) -> Result<(), TestCaseError> {
+        let (hq, hkv) = c.heads;
+        let (lq, lk, d) = (c.mask.len_q(), c.mask.len_k(), c.head_dim);
+        let (q64, q) = common::rounded::<T>(random_array((c.batch, lq, hq, d), c.seed) * 1.5);
+        let (k64, k) = common::rounded::<T>(random_array((c.batch, lk, hkv, d), c.seed ^ 1) * 1.5);
+        let (v64, v) = common::rounded::<T>(random_array((c.batch, lk, hkv, d), c.seed ^ 2));
+        let (do64, d_out) = common::rounded::<T>(random_array((c.batch, lq, hq, d), c.seed ^ 3));
+        let fwd = reference::attention(q64.view(), k64.view(), v64.view(), &c.mask, c.scale).unwrap();
+        let out = fwd.out.mapv(T::from_f64);
+        let lse = fwd.lse.mapv(|x| x as f32);
+        let want =
+            reference::attention_backward(q64.view(), k64.view(), v64.view(), &fwd, do64.view(), &c.mask, c.scale)
+                .unwrap();
+        let scale = c.scale.unwrap_or(1.0 / (d as f64).sqrt());
+        let (plain_dq, plain_dk, plain_dv) = plain_backward::<T>(&q64, &k64, &v64, &do64, &c.mask, scale);
+        let scale32 = c.scale.map(|s| s as f32);
+        let (dq, dk, dv) =
+            gpu_backward(gpu, &q, &k, &v, &out, &lse, &d_out, &c.mask, scale32, c.deterministic).unwrap();
+        let f = |a: &Array4<T>| a.mapv(T::to_f64);
+        within_plain("dq", &f(&dq), &plain_dq, &want.dq)?;
+        within_plain("dk", &f(&dk), &plain_dk, &want.dk)?;
+        within_plain("dv", &f(&dv), &plain_dv, &want.dv)?;
+        if c.deterministic {
+            let (dq2, dk2, dv2) = gpu_backward(gpu, &q, &k, &v, &out, &lse, &d_out, &c.mask, scale32, true).unwrap();
+            prop_assert!(bits(&dq) == bits(&dq2), "deterministic dq differs between two runs");
+            prop_assert!(bits(&dk) == bits(&dk2) && bits(&dv) == bits(&dv2), "dk/dv differ between two runs");
+        }
+        Ok(())
+    }
+
+    /// Strided layouts (`[B, H, L, D]` storage seen as `[B, L, H, D]`, for inputs and
+    /// outputs) give the contiguous layout's results bit for bit.
+    #[test]
+    fn strided_layouts_match_contiguous() {
+        let Some(gpu) = gpu() else { return };
+        let mask = Mask::causal_cross(100, 3, 45).unwrap();
+        let (b, hq, hkv, d) = (2, 4, 2, 64);
+        let (lq, lk) = (mask.len_q(), mask.len_k());
+        let (q64, q) = common::rounded::<f16>(random_array((b, lq, hq, d), 31));
+        let (k64, k) = common::rounded::<f16>(random_array((b, lk, hkv, d), 32));
+        let (v64, v) = common::rounded::<f16>(random_array((b, lk, hkv, d), 33));
+        let (_, d_out) = common::rounded::<f16>(random_array((b, lq, hq, d), 34));
+        let fwd = reference::attention(q64.view(), k64.view(), v64.view(), &mask, None).unwrap();
+        let (out, lse) = (fwd.out.mapv(f16::from_f64), fwd.lse.mapv(|x| x as f32));
+        let want = gpu_backward(gpu, &q, &k, &v, &out, &lse, &d_out, &mask, None, true).unwrap();
+
+        // [B, L, H, D] -> [B, H, L, D] storage, and the layout that reads it as [B, L, H, D].
+        let bhld = |a: &Array4<f16>| a.view().permuted_axes([0, 2, 1, 3]).as_standard_layout().into_owned();
+        let layout = |[b, l, h, d]: [usize; 4]| Layout4 { dims: [b, l, h, d], strides: [h * l * d, d, l * d, 1] };
+        let (qs, ks, vs, os, dos) = (bhld(&q), bhld(&k), bhld(&v), bhld(&out), bhld(&d_out));
+        let up = |a: &Array4<f16>| gpu.upload(a.as_slice().unwrap()).unwrap();
+        let (qd, kd, vd, od, dod) = (up(&qs), up(&ks), up(&vs), up(&os), up(&dos));
+        let lse_d = gpu.upload(lse.as_slice().unwrap()).unwrap();
+        let (qdims, kdims) = ([b, lq, hq, d], [b, lk, hkv, d]);
+        let (mut dq, mut dk, mut dv) = (
+            gpu.zeros::<f16>(q.len()).unwrap(),
+            gpu.zeros::<f16>(k.len()).unwrap(),
+            gpu.zeros::<f16>(k.len()).unwrap(),
+        );
+        let mask_d = gpu.upload_backward_mask(&mask, d).unwrap();
+        gpu.attention_backward(
+            &DeviceTensor { data: qd.as_view(), layout: layout(qdims) },
+            &DeviceTensor { data: kd.as_view(), layout: layout(kdims) },
+            &DeviceTensor { data: vd.as_view(), layout: layout(kdims) },
+            &DeviceTensor { data: od.as_view(), layout: layout(qdims) },
+            &lse_d.as_view(),
+            &DeviceTensor { data: dod.as_view(), layout: layout(qdims) },
+            &mask_d,
+            None,
+            true,
+            &mut DeviceTensorMut { data: dq.as_view_mut(), layout: layout(qdims) },
+            &mut DeviceTensorMut { data: dk.as_view_mut(), layout: layout(kdims) },
+            &mut DeviceTensorMut { data: dv.as_view_mut(), layout: layout(kdims) },
+        )
+        .unwrap();
+        let back = |s: &cudarc_slice::Slice<f16>, [b, l, h, d]: [usize; 4]| {
+            Array4::from_shape_vec((b, h, l, d), gpu.download(s).unwrap()).unwrap().permuted_axes([0, 2, 1, 3])
+        };
+        assert!(bits(&back(&dq, qdims)) == bits(&want.0), "dq");
+        assert!(bits(&back(&dk, kdims)) == bits(&want.1), "dk");
+        assert!(bits(&back(&dv, kdims)) == bits(&want.2), "dv");
+    }
+
+    #[test]
+    fn device_api_bad_inputs_are_errors_before_any_launch() {
+        let Some(gpu) = gpu() else { return };
+        let mask = Mask::causal(10, 10).unwrap();
+        let x = Array4::<bf16>::zeros((1, 10, 2, 64));
+        let lse = Array3::<f32>::zeros((1, 2, 10));
+        let ok = gpu_backward(gpu, &x, &x, &x, &x, &lse, &x, &mask, None, false);
+        assert!(ok.is_ok(), "{ok:?}");
+        let wrong_dim = Array4::<bf16>::zeros((1, 10, 2, 80));
+        let wrong_len = Array4::<bf16>::zeros((1, 9, 2, 64));
+        let wrong_heads = Array4::<bf16>::zeros((1, 10, 3, 64));
+        let wdl = Array3::<f32>::zeros((1, 2, 10));
+        assert!(matches!(
+            gpu_backward(gpu, &wrong_dim, &wrong_dim, &wrong_dim, &wrong_dim, &wdl, &wrong_dim, &mask, None, false),
+            Err(maskattn::Error::Unsupported(_))
+        ));
+        assert!(matches!(
+            gpu_backward(gpu, &x, &wrong_len, &wrong_len, &x, &lse, &x, &mask, None, false),
+            Err(maskattn::Error::Shape(_))
+        ));
+        assert!(matches!(
+            gpu_backward(gpu, &x, &wrong_heads, &wrong_heads, &x, &lse, &x, &mask, None, true),
+            Err(maskattn::Error::Shape(_))
+        ));
+        assert!(matches!(
+            gpu_backward(gpu, &x, &x, &x, &wrong_len, &lse, &x, &mask, None, false),
+            Err(maskattn::Error::Shape(_))
+        ));
+        let short_lse = Array3::<f32>::zeros((1, 2, 9));
+        assert!(matches!(
+            gpu_backward(gpu, &x, &x, &x, &x, &short_lse, &x, &mask, None, false),
+            Err(maskattn::Error::Shape(_))
+        ));
+        for bad_scale in [f32::INFINITY, f32::NAN, 0.0, -0.1] {
+            assert!(
+                gpu_backward(gpu, &x, &x, &x, &x, &lse, &x, &mask, Some(bad_scale), false).is_err(),
+                "scale {bad_scale}"
+            );
+        }
+        let other_mask = Mask::causal(10, 12).unwrap();
+        assert!(matches!(
+            gpu_backward(gpu, &x, &x, &x, &x, &lse, &x, &other_mask, None, false),
+            Err(maskattn::Error::Shape(_))
+        ));
+        // A mask uploaded for another head dim.
+        let m96 = gpu.upload_backward_mask(&mask, 96).unwrap();
+        let s = gpu.upload(x.as_slice().unwrap()).unwrap();
+        let mut o1 = gpu.zeros::<bf16>(x.len()).unwrap();
+        let mut o2 = gpu.zeros::<bf16>(x.len()).unwrap();
+        let mut o3 = gpu.zeros::<bf16>(x.len()).unwrap();
+        let l = gpu.upload(lse.as_slice().unwrap()).unwrap();
+        let t = || DeviceTensor { data: s.as_view(), layout: Layout4::contiguous([1, 10, 2, 64]) };
+        let r = gpu.attention_backward(
+            &t(),
+            &t(),
+            &t(),
+            &t(),
+            &l.as_view(),
+            &t(),
+            &m96,
+            None,
+            false,
+            &mut DeviceTensorMut { data: o1.as_view_mut(), layout: Layout4::contiguous([1, 10, 2, 64]) },
+            &mut DeviceTensorMut { data: o2.as_view_mut(), layout: Layout4::contiguous([1, 10, 2, 64]) },
+            &mut DeviceTensorMut { data: o3.as_view_mut(), layout: Layout4::contiguous([1, 10, 2, 64]) },
+        );
+        assert!(matches!(r, Err(maskattn::Error::Shape(_))), "{r:?}");
+    }
 }

@@ -1,16 +1,17 @@
-//! GPU fuzz of the naive baseline (csrc/naive_attention.cu): random masks of every
-//! family, batch, GQA heads, head dims (also ones that are not tile multiples) and
-//! dtypes, against the f64 reference on the same rounded inputs, within 2x the error
-//! of a plain same-dtype implementation (the criterion of tests/gpu_forward.rs).
-//! 100 cases with a fixed seed; MASKATTN_GPU_FUZZ_CASES for more. Skipped without a GPU.
-#![cfg(feature = "cuda")]
+//! Fuzz of the naive baseline (csrc/naive_attention.cu) on every backend (the CPU
+//! backend always, the GPU when there is one): random masks of every family, batch,
+//! GQA heads, head dims (also ones that are not tile multiples) and dtypes, against
+//! the f64 reference on the same rounded inputs, within 2x the error of a plain
+//! same-dtype implementation (the criterion of tests/kernels_forward.rs). 40 cases on
+//! the CPU backend, 100 on a GPU, fixed seed; MASKATTN_GPU_FUZZ_CASES for more.
+#![cfg(any(feature = "cuda", feature = "cpu"))]
 
 mod common;
 
 use common::{max_abs_diff, plain_attention, random_array};
 use half::{bf16, f16};
-use maskattn::cuda::{Gpu, KernelElement};
 use maskattn::{reference, Mask};
+use maskattn::{KernelElement, Kernels};
 use ndarray::Array4;
 use proptest::prelude::*;
 
@@ -47,7 +48,7 @@ fn arb_case() -> impl Strategy<Value = Case> {
         })
 }
 
-fn check<T: KernelElement>(gpu: &Gpu, c: &Case) -> Result<(), TestCaseError> {
+fn check<K: Kernels, T: KernelElement>(kernels: &K, c: &Case) -> Result<(), TestCaseError> {
     let (hq, hkv) = c.heads;
     let (lq, lk, d) = (c.mask.len_q(), c.mask.len_k(), c.head_dim);
     let (q64, q) = common::rounded::<T>(random_array((c.batch, lq, hq, d), c.seed) * 1.5);
@@ -57,7 +58,7 @@ fn check<T: KernelElement>(gpu: &Gpu, c: &Case) -> Result<(), TestCaseError> {
     let scale = c.scale.unwrap_or(1.0 / (d as f64).sqrt());
     let (plain_out, plain_lse) = plain_attention::<T>(&q64, &k64, &v64, &c.mask, scale);
     let (out, lse) =
-        gpu.naive_attention_host(q.view(), k.view(), v.view(), &c.mask, c.scale.map(|s| s as f32)).unwrap();
+        kernels.naive_attention_host(q.view(), k.view(), v.view(), &c.mask, c.scale.map(|s| s as f32)).unwrap();
     let out = out.mapv(T::to_f64);
     let lse = lse.mapv(f64::from);
     prop_assert!(out.iter().all(|x| x.is_finite()), "non-finite output");
@@ -73,31 +74,33 @@ fn check<T: KernelElement>(gpu: &Gpu, c: &Case) -> Result<(), TestCaseError> {
 
 #[test]
 fn naive_matches_the_reference_within_twice_the_plain_error() {
-    let Some(gpu) = common::shared_gpu() else { return };
-    let config = common::gpu_fuzz_config(100, 0x6e61_6976);
-    proptest!(config, |(c in arb_case())| {
-        if c.bf16 { check::<bf16>(gpu, &c)? } else { check::<f16>(gpu, &c)? }
+    each_backend!(|backend, kernels| {
+        let config = common::fuzz_config(backend, 100, 40, 0x6e61_6976);
+        proptest!(config, |(c in arb_case())| {
+            if c.bf16 { check::<_, bf16>(kernels, &c)? } else { check::<_, f16>(kernels, &c)? }
+        });
     });
 }
 
 #[test]
 fn bad_inputs_are_errors_before_any_launch() {
-    let Some(gpu) = common::shared_gpu() else { return };
-    let mask = Mask::causal(10, 10).unwrap();
-    let x = Array4::<bf16>::zeros((1, 10, 2, 64));
-    let wrong_len = Array4::<bf16>::zeros((1, 9, 2, 64));
-    let wrong_heads = Array4::<bf16>::zeros((1, 10, 3, 64));
-    let naive = |q: &Array4<bf16>, kv: &Array4<bf16>, m: &Mask, s| {
-        gpu.naive_attention_host(q.view(), kv.view(), kv.view(), m, s)
-    };
-    assert!(matches!(naive(&x, &wrong_len, &mask, None), Err(maskattn::Error::Shape(_))));
-    assert!(matches!(naive(&x, &wrong_heads, &mask, None), Err(maskattn::Error::Shape(_))));
-    assert!(matches!(naive(&x, &x, &Mask::causal(10, 12).unwrap(), None), Err(maskattn::Error::Shape(_))));
-    for bad_scale in [f32::INFINITY, f32::NAN, 0.0, -0.1] {
-        assert!(naive(&x, &x, &mask, Some(bad_scale)).is_err(), "scale {bad_scale}");
-    }
-    // 40000 x 40000 f32 scores are 6.4 GB: refused before any allocation.
-    let big = Mask::full(40_000, 40_000).unwrap();
-    let long = Array4::<bf16>::zeros((1, 40_000, 1, 8));
-    assert!(matches!(naive(&long, &long, &big, None), Err(maskattn::Error::Unsupported(_))));
+    each_backend!(|backend, kernels| {
+        let mask = Mask::causal(10, 10).unwrap();
+        let x = Array4::<bf16>::zeros((1, 10, 2, 64));
+        let wrong_len = Array4::<bf16>::zeros((1, 9, 2, 64));
+        let wrong_heads = Array4::<bf16>::zeros((1, 10, 3, 64));
+        let naive = |q: &Array4<bf16>, kv: &Array4<bf16>, m: &Mask, s| {
+            kernels.naive_attention_host(q.view(), kv.view(), kv.view(), m, s)
+        };
+        assert!(matches!(naive(&x, &wrong_len, &mask, None), Err(maskattn::Error::Shape(_))));
+        assert!(matches!(naive(&x, &wrong_heads, &mask, None), Err(maskattn::Error::Shape(_))));
+        assert!(matches!(naive(&x, &x, &Mask::causal(10, 12).unwrap(), None), Err(maskattn::Error::Shape(_))));
+        for bad_scale in [f32::INFINITY, f32::NAN, 0.0, -0.1] {
+            assert!(naive(&x, &x, &mask, Some(bad_scale)).is_err(), "scale {bad_scale}");
+        }
+        // 40000 x 40000 f32 scores are 6.4 GB: refused before any allocation.
+        let big = Mask::full(40_000, 40_000).unwrap();
+        let long = Array4::<bf16>::zeros((1, 40_000, 1, 8));
+        assert!(matches!(naive(&long, &long, &big, None), Err(maskattn::Error::Unsupported(_))));
+    });
 }

@@ -1,6 +1,9 @@
 //! Temporal-Aware Dual RoPE: properties of the f64 reference and of the position
-//! multipliers on the CPU; the bf16/f16 kernel against the reference on a GPU
-//! (skipped without one).
+//! multipliers on the CPU; the bf16/f16 kernel against the reference on every
+//! backend (the CPU backend always, the GPU when there is one), 100 random cases on
+//! the CPU backend and 200 on a GPU (fixed seed; MASKATTN_GPU_FUZZ_CASES for more).
+//! The device-pointer API (in-place rotation of strided device tensors) is tested on
+//! a GPU only.
 
 mod common;
 
@@ -302,23 +305,16 @@ fn bad_inputs_are_typed_errors() {
     assert!(rope::positions_range(&layout, &d, 0..(i32::MAX as usize + 1)).is_err());
 }
 
-#[cfg(feature = "cuda")]
-mod gpu {
-    use std::sync::OnceLock;
-
+#[cfg(any(feature = "cuda", feature = "cpu"))]
+mod kernels {
     use half::{bf16, f16};
-    use maskattn::cuda::{DeviceTensorMut, Gpu, KernelElement, Layout4};
-    use maskattn::rope::{self, DualRope, RopeStyle};
-    use maskattn::{Element, Error, VideoLayout};
+    use maskattn::rope::{self, DualRope};
+    use maskattn::{Element, Error, KernelElement, Kernels, VideoLayout};
     use ndarray::Array4;
     use proptest::prelude::*;
 
     use super::{arb_style, arb_time, common};
-
-    fn gpu() -> Option<&'static Gpu> {
-        static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
-        GPU.get_or_init(common::gpu).as_ref()
-    }
+    use crate::each_backend;
 
     /// The plain same-dtype implementation of the yardstick: HF-style `f32`
     /// frequencies and angles `(m as f32) * inv_freq`, `f32` sin/cos and rotation,
@@ -352,7 +348,7 @@ mod gpu {
 
     /// Kernel error within 2x the plain implementation's, and within one rounding of
     /// the f64 result plus the ~1e-7 relative error of the f32 angles and rotation.
-    fn check_close<T: KernelElement>(
+    pub(super) fn check_close<T: KernelElement>(
         what: &str,
         got: &Array4<T>,
         x: &Array4<f64>,
@@ -408,27 +404,74 @@ mod gpu {
             })
     }
 
-    fn check_case<T: KernelElement>(gpu: &Gpu, c: &Case) -> Result<(), TestCaseError> {
+    fn check_case<K: Kernels, T: KernelElement>(kernels: &K, c: &Case) -> Result<(), TestCaseError> {
         let l = c.layout.len();
         // `shift` moves every multiplier, as a long prefix or a KV cache would.
         let positions: Vec<f64> = rope::positions(&c.layout, &c.rope).unwrap().iter().map(|m| m + c.shift).collect();
         let (q, q_t) = common::rounded::<T>(common::random_array((c.batch, l, c.heads.0, c.head_dim), c.seed));
         let (k, k_t) = common::rounded::<T>(common::random_array((c.batch, l, c.heads.1, c.head_dim), c.seed ^ 0xABCD));
-        let (gq, gk) = gpu.dual_rope_qk(q_t.view(), k_t.view(), &positions, &c.rope).unwrap();
+        let (gq, gk) = kernels.dual_rope_qk(q_t.view(), k_t.view(), &positions, &c.rope).unwrap();
         check_close("q", &gq, &q, &positions, &c.rope)?;
         check_close("k", &gk, &k, &positions, &c.rope)?;
-        let gq1 = gpu.dual_rope(q_t.view(), &positions, &c.rope).unwrap();
+        let gq1 = kernels.dual_rope(q_t.view(), &positions, &c.rope).unwrap();
         prop_assert!(gq1.iter().zip(&gq).all(|(a, b)| a.to_f64() == b.to_f64()), "one- and two-tensor launches differ");
         Ok(())
     }
 
     #[test]
     fn kernel_matches_the_reference_within_twice_plain_error() {
-        let Some(gpu) = gpu() else { return };
-        let config = common::gpu_fuzz_config(200, 0x726f_7065);
-        proptest!(config, |(c in arb_case())| {
-            if c.bf16 { check_case::<bf16>(gpu, &c)? } else { check_case::<f16>(gpu, &c)? }
+        each_backend!(|backend, kernels| {
+            let config = common::fuzz_config(backend, 200, 100, 0x726f_7065);
+            proptest!(config, |(c in arb_case())| {
+                if c.bf16 { check_case::<_, bf16>(kernels, &c)? } else { check_case::<_, f16>(kernels, &c)? }
+            });
         });
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_before_any_launch() {
+        each_backend!(|backend, kernels| {
+            let rope = DualRope::default();
+            let x = Array4::<bf16>::zeros((1, 4, 2, 64));
+            assert!(matches!(kernels.dual_rope(x.view(), &[0.0; 3], &rope), Err(Error::Shape(_))));
+            assert!(matches!(
+                kernels.dual_rope(x.view(), &[0.0, 1.0, f64::NAN, 2.0], &rope),
+                Err(Error::InvalidParameter { .. })
+            ));
+            let d72 = Array4::<bf16>::zeros((1, 4, 2, 72));
+            assert!(matches!(kernels.dual_rope(d72.view(), &[0.0; 4], &rope), Err(Error::Unsupported(_))));
+            let d63 = Array4::<f16>::zeros((1, 4, 2, 63));
+            assert!(matches!(kernels.dual_rope(d63.view(), &[0.0; 4], &rope), Err(Error::Shape(_))));
+            let k = Array4::<bf16>::zeros((1, 5, 2, 64));
+            assert!(matches!(kernels.dual_rope_qk(x.view(), k.view(), &[0.0; 4], &rope), Err(Error::Shape(_))));
+            let bad_base = DualRope { base: -1.0, ..rope };
+            assert!(
+                matches!(kernels.dual_rope(x.view(), &[0.0; 4], &bad_base), Err(Error::InvalidParameter { .. })),
+                "{backend}"
+            );
+        });
+    }
+}
+
+/// The device-pointer API of the RoPE kernel (in place, strided device tensors), on a
+/// GPU only: the CPU backend has no such API.
+#[cfg(feature = "cuda")]
+mod device {
+    use half::{bf16, f16};
+    use maskattn::cuda::{DeviceTensorMut, Gpu, Layout4};
+    use maskattn::rope::{self, DualRope, RopeStyle};
+    use maskattn::{Element, Error, KernelElement, VideoLayout};
+    use ndarray::Array4;
+
+    use super::common;
+    use super::kernels::check_close;
+
+    fn gpu() -> Option<&'static Gpu> {
+        let gpu = common::shared_gpu();
+        if gpu.is_none() {
+            eprintln!("skipping: the device-pointer API needs a GPU");
+        }
+        gpu
     }
 
     /// Rotates `dims` viewed with `strides` inside a buffer of `len` elements and
@@ -492,24 +535,10 @@ mod gpu {
     fn bad_launches_are_errors_before_the_kernel() {
         let Some(gpu) = gpu() else { return };
         let rope = DualRope::default();
-        let x = Array4::<bf16>::zeros((1, 4, 2, 64));
-        assert!(matches!(gpu.dual_rope(x.view(), &[0.0; 3], &rope), Err(Error::Shape(_))));
-        assert!(matches!(
-            gpu.dual_rope(x.view(), &[0.0, 1.0, f64::NAN, 2.0], &rope),
-            Err(Error::InvalidParameter { .. })
-        ));
-        let d72 = Array4::<bf16>::zeros((1, 4, 2, 72));
-        assert!(matches!(gpu.dual_rope(d72.view(), &[0.0; 4], &rope), Err(Error::Unsupported(_))));
-        let d63 = Array4::<f16>::zeros((1, 4, 2, 63));
-        assert!(matches!(gpu.dual_rope(d63.view(), &[0.0; 4], &rope), Err(Error::Shape(_))));
-        let k = Array4::<bf16>::zeros((1, 5, 2, 64));
-        assert!(matches!(gpu.dual_rope_qk(x.view(), k.view(), &[0.0; 4], &rope), Err(Error::Shape(_))));
         let mut empty = gpu.zeros::<bf16>(64).unwrap();
         let mut t = DeviceTensorMut { data: empty.as_view_mut(), layout: Layout4::contiguous([0, 4, 2, 64]) };
         let pos4 = gpu.upload(&[0.0f64; 4]).unwrap();
         assert!(matches!(gpu.dual_rope_inplace(&mut t, &pos4.as_view(), &rope), Err(Error::Shape(_))));
-        let bad_base = DualRope { base: -1.0, ..rope };
-        assert!(matches!(gpu.dual_rope(x.view(), &[0.0; 4], &bad_base), Err(Error::InvalidParameter { .. })));
         // A view starting one element in is not 16-byte aligned.
         let mut buf = gpu.zeros::<bf16>(4 * 2 * 64 + 8).unwrap();
         let pos = gpu.upload(&[0.0f64; 4]).unwrap();

@@ -286,7 +286,6 @@ impl SelectPlan {
 ///
 /// `scores` is live memory of `b` of at least its given length, accessed (see
 /// [`Backend::Access`]) until this returns.
-#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn select<B: Backend>(
     b: &B,
     scores: BufArg,
