@@ -10,26 +10,31 @@
 # proptest case count, MASKATTN_GPU_FUZZ_CASES the kernel fuzz cases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Each step's start, in minutes:seconds since the script began (CI's time budget).
+step() { printf '== [%d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 NVCC=$(scripts/setup-cuda.sh)
 export NVCC
 
-echo "== CPU-only build: cargo build --no-default-features (no nvcc involved)"
+step "CPU-only build: cargo build --no-default-features (no nvcc involved)"
 env -u NVCC cargo build --no-default-features --lib
 
-echo "== cargo test with the CUDA kernels compiled ($NVCC) and the CPU backend"
+step "cargo test with the CUDA kernels compiled ($NVCC) and the CPU backend"
 cargo test --all-targets --no-fail-fast
+step "doc tests"
 cargo test --doc
 
-# The checking builds of the CPU backend, each in its own target directory (they
-# compile the kernels with other flags). A few fuzz cases per suite and every fixed
-# case: a subset of every kernel. ASan's runtime is linked as a library, not first
-# in the list, hence verify_asan_link_order=0.
+# The checking builds of the CPU backend: MASKATTN_CPU_CHECK changes only the flags
+# of the kernels' host compile (build.rs reruns on it), so they share target/ and
+# its dependencies with the steps above; the crate and its test binaries rebuild.
+# A few fuzz cases per suite and every fixed case: a subset of every kernel. ASan's
+# runtime is linked as a library, not first in the list, hence
+# verify_asan_link_order=0.
 kernel_suites=(--test kernels_forward --test kernels_backward --test kernels_xattn --test kernels_naive
                --test kernels_smoke --test rope --test cpu_backend)
 for check in memcheck racecheck; do
-  echo "== CPU backend, $check build: the kernel suites on a subset of cases"
-  MASKATTN_CPU_CHECK=$check CARGO_TARGET_DIR=target/cpu-$check MASKATTN_GPU_FUZZ_CASES=${MASKATTN_CHECK_FUZZ_CASES:-3} \
+  step "CPU backend, $check build: the kernel suites on a subset of cases"
+  MASKATTN_CPU_CHECK=$check MASKATTN_GPU_FUZZ_CASES=${MASKATTN_CHECK_FUZZ_CASES:-3} \
     ASAN_OPTIONS=verify_asan_link_order=0:detect_leaks=0 \
     cargo test --no-default-features --features cpu "${kernel_suites[@]}" --no-fail-fast
 done
@@ -46,7 +51,7 @@ done
 # tests and the example's CPU path run. It also sets CUDA_COMPUTE_CAP=80 where
 # nvidia-smi cannot tell candle-kernels' build the GPU's. The first build compiles
 # candle's CUDA kernels with nvcc: the longest step of this script on a small machine.
-echo "== candle interop: cargo test --features candle --test candle_interop"
+step "candle interop: cargo test --features candle --test candle_interop"
 scripts/candle-stub.sh cargo test --features candle --test candle_interop --no-fail-fast
 scripts/candle-stub.sh cargo run --features candle --example candle_block
 
@@ -54,3 +59,4 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1'; then
   echo "note: no CUDA driver on this machine: the GPU tests above returned early with a skip message"
   echo "      (run with MASKATTN_REQUIRE_GPU=1 on a GPU machine to make a missing GPU a failure)"
 fi
+step "done"

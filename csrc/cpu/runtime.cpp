@@ -29,6 +29,7 @@
 #include "params.h"
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define MASKATTN_CPU_ASAN 1
 #endif
@@ -829,7 +830,13 @@ struct Stacks {
     size_t size;
     std::vector<unsigned char *> mem;
     ~Stacks() {
-        for (unsigned char *m : mem) munmap(m, size);
+        for (unsigned char *m : mem) {
+#if defined(MASKATTN_CPU_ASAN)
+            // munmap keeps the shadow: whatever is mapped here next must not inherit it.
+            __asan_unpoison_memory_region(m + 4096, size - 4096);
+#endif
+            munmap(m, size);
+        }
     }
     // The stack of thread i, with a guard page below it.
     unsigned char *get(size_t i) {
@@ -931,6 +938,11 @@ static void run_cta(Launch &l, Cta &c, Stacks &stacks, uint3 block_idx, uint64_t
             record_error(l, &c, nullptr, "out of memory for fiber stacks");
             return;
         }
+#if defined(MASKATTN_CPU_ASAN)
+        // The stack's last fiber never returned (it was left at a yield), so its frames'
+        // redzones are still poisoned: a new fiber's frames there would hit them.
+        __asan_unpoison_memory_region(stack + 4096, stacks.size - 4096);
+#endif
         make_context(t.context, stack + 4096, stacks.size - 4096, &thread_main, &t);
         make_ready(c, int(i));
     }

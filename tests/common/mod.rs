@@ -331,3 +331,26 @@ impl StructuredRng {
         ((self.next() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * 3f64.sqrt()
     }
 }
+
+/// [`arb_gpu_mask`] with video masks of at most `max_frames` frames (it draws 1 or 2):
+/// the masks of the kernel fuzz tests on the CPU backend, where the kernels of one
+/// 2-frame video case (up to ~1600 tokens) take tens of seconds.
+pub fn arb_kernel_mask(max_frames: usize) -> impl Strategy<Value = Mask> {
+    let video = (prop::sample::select(vec![576usize, 729]), 1..max_frames + 1, 0usize..100, 0usize..3).prop_map(
+        |(n, t, text, kind)| {
+            let layout: VideoLayout = format!("text:{text},frames:{t}x{n},text:{}", text / 3 + 1).parse().unwrap();
+            match kind {
+                0 => Mask::frame_block_causal(&layout).unwrap(),
+                1 => Mask::frame_block(&layout).unwrap(),
+                _ => Mask::full_visual(&layout).unwrap(),
+            }
+        },
+    );
+    let ccam = (1usize..300, 1usize..5, prop::sample::select(vec![1usize, 64, 100, 729]))
+        .prop_map(|(nq, t, n)| Mask::causal_cross(nq, t, n).unwrap());
+    prop_oneof![
+        6 => arb_mask(400),
+        1 => video,
+        1 => ccam,
+    ]
+}
