@@ -32,8 +32,8 @@ enum Command {
     },
     /// The main job: every mask family at real video shapes. On a GPU, time and
     /// effective TFLOP/s against dense attention; without one, says so and runs the
-    /// CPU reference and the kernel-schedule emulator on small shapes. Pictures go
-    /// to --out.
+    /// kernels on the CPU backend on small shapes of every family, against the f64
+    /// reference. Pictures go to --out.
     Demo {
         /// Folder for the mask pictures.
         #[arg(long, default_value = "out")]
@@ -241,10 +241,10 @@ fn demo(out: &std::path::Path, iters: usize) -> Result<(), Box<dyn std::error::E
     #[cfg(feature = "cuda")]
     match maskattn::cuda::Gpu::new(0) {
         Ok(gpu) => return demo_gpu(&gpu, out, iters),
-        Err(e) => println!("no GPU ({e}): running the CPU reference on small shapes instead"),
+        Err(e) => println!("no GPU ({e}): running the kernels on the CPU backend on small shapes instead"),
     }
     #[cfg(not(feature = "cuda"))]
-    println!("built without the `cuda` feature: running the CPU reference on small shapes");
+    println!("built without the `cuda` feature: running the kernels on the CPU backend on small shapes");
     let _ = iters;
     demo_cpu(out)
 }
@@ -291,43 +291,85 @@ fn demo_gpu(gpu: &maskattn::cuda::Gpu, out: &std::path::Path, iters: usize) -> R
     Ok(())
 }
 
+/// Without a GPU: the kernels themselves, on the CPU backend (the same csrc/ source
+/// compiled for the host, warp-synchronous), forward and backward on small shapes of
+/// every family, against the f64 reference on the same bf16 inputs. What it shows is
+/// the kernels' arithmetic and the work they skip, not their speed.
+#[cfg(feature = "cpu")]
 fn demo_cpu(out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
-    use maskattn::{emulator, reference};
+    use half::bf16;
+    use maskattn::cpu::CpuBackend;
+    use maskattn::{reference, Kernels};
     let (b, hq, hkv, d) = (1, 2, 1, 64);
     let tile = tiles::forward_tiles(d)?;
     println!(
-        "f64 reference vs the kernel-schedule emulator ({}x{} tiles), B={b} Hq={hq} Hkv={hkv} D={d}",
+        "the kernels on the CPU backend vs the f64 reference on the same bf16 inputs; B={b} Hq={hq} Hkv={hkv} D={d}, \
+         forward tiles {}x{}",
         tile.block_m(),
         tile.block_n()
     );
     println!(
-        "{:12} {:>6} {:>6} {:>8} {:>12} {:>12} {:>10}",
-        "mask", "Lq", "Lk", "density", "reference ms", "emulator ms", "max |diff|"
+        "{:12} {:>5} {:>5} {:>8} {:>11} {:>10} {:>10} {:>10} {:>10} {:>9}",
+        "mask", "Lq", "Lk", "density", "FULL/PART", "fwd s", "out err", "half ulp", "bwd s", "dq err"
     );
+    let cpu = CpuBackend::new();
     for (name, mask, _, _) in demo_masks(true)? {
         write_png(&out.join(format!("{name}.png")), render(&mask, tile, 1024))?;
+        // Deterministic inputs, rounded to bf16; the reference gets the rounded values.
         let values = |l: usize, h: usize, salt: usize| {
             ndarray::Array4::from_shape_fn((b, l, h, d), |(_, i, j, c)| {
-                (((i * 31 + j * 17 + c * 7 + salt) % 97) as f64 / 48.5 - 1.0) * 0.5
+                bf16::from_f64((((i * 31 + j * 17 + c * 7 + salt) % 97) as f64 / 48.5 - 1.0) * 0.5)
             })
         };
         let (q, k, v) = (values(mask.len_q(), hq, 0), values(mask.len_k(), hkv, 1), values(mask.len_k(), hkv, 2));
-        let t0 = std::time::Instant::now();
+        let d_out = values(mask.len_q(), hq, 3);
         let want = reference::attention(q.view(), k.view(), v.view(), &mask, None)?;
+        let want_grad = reference::attention_backward(q.view(), k.view(), v.view(), &want, d_out.view(), &mask, None)?;
+
+        cpu.reset_counters();
+        let t0 = std::time::Instant::now();
+        let (got, _lse) = cpu.attention(q.view(), k.view(), v.view(), &mask, None)?;
+        let fwd_s = t0.elapsed().as_secs_f64();
+        let tiles_walked = cpu.counters().key_tiles;
         let t1 = std::time::Instant::now();
-        let (got, _) = emulator::forward(q.view(), k.view(), v.view(), &mask, None, tile)?;
-        let t2 = std::time::Instant::now();
-        let diff = got.out.iter().zip(&want.out).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let (dq, _dk, _dv) = cpu.attention_grad(q.view(), k.view(), v.view(), d_out.view(), &mask, None, false)?;
+        let bwd_s = t1.elapsed().as_secs_f64();
+
+        let max_err = |a: &ndarray::Array4<bf16>, b: &ndarray::Array4<f64>| {
+            a.iter().zip(b).map(|(x, y)| (f64::from(*x) - y).abs()).fold(0.0, f64::max)
+        };
+        // The output's own rounding: half a bf16 ulp of the largest output.
+        let ulp = want.out.iter().fold(0.0f64, |m, x| m.max(x.abs())) * 2f64.powi(-8);
         println!(
-            "{:12} {:>6} {:>6} {:>7.1}% {:>12.2} {:>12.2} {:>10.1e}",
+            "{:12} {:>5} {:>5} {:>7.1}% {:>5}/{:<5} {:>10.2} {:>10.1e} {:>10.1e} {:>10.2} {:>9.1e}",
             name,
             mask.len_q(),
             mask.len_k(),
             100.0 * mask.density(),
-            (t1 - t0).as_secs_f64() * 1e3,
-            (t2 - t1).as_secs_f64() * 1e3,
-            diff
+            tiles_walked[1],
+            tiles_walked[2],
+            fwd_s,
+            max_err(&got, &want.out),
+            ulp,
+            bwd_s,
+            max_err(&dq, &want_grad.dq),
         );
+    }
+    println!("FULL/PART: key tiles the forward's CTAs walked, by class (EMPTY ones are never loaded);");
+    println!("half ulp: half a bf16 ulp of the largest output, the error of rounding the exact output once");
+    println!("pictures in {}", out.display());
+    Ok(())
+}
+
+/// Built without the CPU backend: only the mask pictures and statistics.
+#[cfg(not(feature = "cpu"))]
+fn demo_cpu(out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    println!("built without the `cpu` feature: no kernel can run here; writing the mask pictures only");
+    for (name, mask, _, _) in demo_masks(true)? {
+        let tile = tiles::forward_tiles(64)?;
+        let st = TileStats::of(&mask, tile);
+        println!("{name:12} {} x {}: {} FULL, {} PARTIAL, {} EMPTY tiles", mask.len_q(), mask.len_k(), st.full, st.partial, st.empty);
+        write_png(&out.join(format!("{name}.png")), render(&mask, tile, 1024))?;
     }
     println!("pictures in {}", out.display());
     Ok(())

@@ -2,7 +2,6 @@
 #![warn(missing_docs)]
 
 pub mod cases;
-pub mod emulator;
 mod error;
 pub mod kernels;
 #[allow(missing_docs, non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code)]

@@ -1,4 +1,4 @@
-//! Shapes and element types shared by the reference, the emulator and the kernels.
+//! Shapes and element types shared by the reference and the kernels.
 
 use crate::error::{Error, Result};
 use crate::mask::Mask;

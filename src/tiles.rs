@@ -1,6 +1,5 @@
 //! Tile classification, run through the host build of `csrc/mask_tiles.h`: the
-//! same code the kernels run, so what the tests and the emulator see is what the
-//! GPU does.
+//! same code the kernels run, so what the tests see is what the GPU does.
 
 use crate::ffi;
 use crate::mask::Mask;
@@ -79,7 +78,7 @@ impl TileClass {
 /// Class of key tile `keys` for the rows of `summary`.
 pub fn classify(summary: &TileSummary, keys: std::ops::Range<usize>) -> TileClass {
     // SAFETY: reads the summary only.
-    TileClass::from_raw(unsafe { ffi::maskattn_classify_key_tile(summary, keys.start as i32, keys.end as i32) })
+    TileClass::from_raw(unsafe { ffi::maskattn_classify_key_tile(summary, keys.start as i64, keys.end as i64) })
 }
 
 /// Key tiles (indices, width `block_n`) a query tile must walk: every visible key of
@@ -170,7 +169,7 @@ pub fn query_tile_order(mask: &Mask, shape: TileShape) -> Vec<i32> {
 }
 
 /// The forward kernel's tile shape for head dimension `head_dim` (the constants of
-/// csrc/params.h), so that the emulator and the launch code use the kernel's tiles.
+/// csrc/params.h), so that tests and the launch code use the kernel's tiles.
 pub fn forward_tiles(head_dim: usize) -> crate::Result<TileShape> {
     let block_n = match head_dim {
         64 => ffi::MASKATTN_FWD_BLOCK_N_D64,

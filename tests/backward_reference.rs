@@ -1,11 +1,11 @@
-//! The backward pass on the CPU: the reference gradients against finite differences
-//! of the reference forward, the backward emulator against the reference, fully
-//! masked rows, and shape errors.
+//! The reference backward: its gradients against finite differences of the
+//! reference forward, fully masked rows, and shape errors. (The kernels' backward
+//! against this reference: tests/kernels_backward.rs.)
 
 use maskattn::reference::{self, AttentionOutput, Gradients};
 use maskattn::tiles::TileShape;
-use maskattn::{emulator, Error, Mask, Segment, VideoLayout};
-use ndarray::{Array3, Array4, Zip};
+use maskattn::{Error, Mask};
+use ndarray::{Array3, Array4};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
@@ -71,28 +71,6 @@ fn random_intervals(max_q: usize, max_k: usize) -> impl Strategy<Value = Mask> {
     })
 }
 
-fn video(prefix: usize, frames: usize, tokens: usize, suffix: usize) -> VideoLayout {
-    VideoLayout::new(vec![Segment::Text(prefix), Segment::Frames { frames, tokens }, Segment::Text(suffix)])
-        .expect("valid layout")
-}
-
-/// Masks of every kind, sequence lengths up to about 100, rarely tile multiples.
-fn any_mask() -> impl Strategy<Value = Mask> {
-    prop_oneof![
-        (1..=70usize, 1..=70usize).prop_map(|(q, k)| Mask::causal(q, k).unwrap()),
-        (1..=70usize, 1..=70usize, 1..=40usize, 0..=8usize)
-            .prop_map(|(q, k, w, s)| Mask::sliding_window(q, k, w, s).unwrap()),
-        (0..=10usize, 1..=4usize, 1..=20usize, 0..=10usize)
-            .prop_map(|(p, t, n, s)| Mask::frame_block_causal(&video(p, t, n, s)).unwrap()),
-        (0..=10usize, 1..=4usize, 1..=20usize, 0..=10usize)
-            .prop_map(|(p, t, n, s)| Mask::frame_block(&video(p, t, n, s)).unwrap()),
-        (1..=48usize, 1..=5usize, 1..=16usize).prop_map(|(nq, t, n)| Mask::causal_cross(nq, t, n).unwrap()),
-        (1..=4usize, 1..=12usize, 1..=16usize).prop_map(|(t, nq, n)| Mask::cross_frame_local(t, nq, n).unwrap()),
-        (vec(1..=25usize, 1..=4), any::<bool>()).prop_map(|(d, c)| Mask::document(&d, c).unwrap()),
-        random_intervals(70, 70),
-    ]
-}
-
 fn case(
     mask: impl Strategy<Value = Mask>,
     max_batch: usize,
@@ -116,32 +94,6 @@ fn case(
             scale,
             seed,
         })
-}
-
-fn tile_shape() -> impl Strategy<Value = TileShape> {
-    proptest::sample::select(&[(16, 16), (32, 16), (64, 32), (16, 32), (8, 24)][..])
-        .prop_map(|(block_m, block_n)| TileShape::new(block_m, block_n).unwrap())
-}
-
-/// `max |got - want| <= rel * max(max |want|, 1)` over the tensor. Rounding errors are
-/// relative to the terms summed, not to the sum: with inputs in [-1, 1) the terms are
-/// O(1) even where they cancel to 0 (a row that sees a single key has P = 1 and
-/// dS = P (dP - D) = 0 exactly, computed as ~1e-17 through exp2 vs exp), hence the
-/// floor of 1 under the tensor's own magnitude.
-fn assert_close(name: &str, got: &Array4<f64>, want: &Array4<f64>, rel: f64) -> Result<(), TestCaseError> {
-    prop_assert_eq!(got.shape(), want.shape(), "{} shape", name);
-    let scale = want.iter().fold(1.0f64, |m, x| m.max(x.abs()));
-    // A NaN difference sticks (f64::max would drop it).
-    let err = Zip::from(got).and(want).fold(0.0f64, |m, a, b| {
-        let d = (a - b).abs();
-        if d.is_nan() || d > m {
-            d
-        } else {
-            m
-        }
-    });
-    prop_assert!(err <= rel * scale, "{name}: max error {err:e} vs max(max |value|, 1) {scale:e}");
-    Ok(())
 }
 
 /// `sum(O * dO)`: the loss whose gradient `attention_backward` computes for `d_out`.
@@ -212,31 +164,8 @@ proptest! {
         }
     }
 
-    /// (b) The emulated backward schedule gives the reference gradients (f32 inputs,
-    /// f64 arithmetic on both sides, only the summation order differs), and walks the
-    /// same non-empty tile pairs as the forward, with the same classes.
-    #[test]
-    fn emulator_matches_reference(
-        c in case(any_mask(), 2, &[(1, 1), (2, 1), (4, 2)], 8),
-        tile in tile_shape(),
-    ) {
-        let t = c.tensors();
-        let (q, k, v) = (t.q.mapv(|x| x as f32), t.k.mapv(|x| x as f32), t.v.mapv(|x| x as f32));
-        let fwd = reference::attention(q.view(), k.view(), v.view(), &c.mask, c.scale).unwrap();
-        let want =
-            reference::attention_backward(q.view(), k.view(), v.view(), &fwd, t.d_out.view(), &c.mask, c.scale)
-                .unwrap();
-        let (got, sched) =
-            emulator::backward(q.view(), k.view(), v.view(), &fwd, t.d_out.view(), &c.mask, c.scale, tile).unwrap();
-        assert_close("dq", &got.dq, &want.dq, 1e-9)?;
-        assert_close("dk", &got.dk, &want.dk, 1e-9)?;
-        assert_close("dv", &got.dv, &want.dv, 1e-9)?;
-        let (_, fwd_sched) = emulator::forward(q.view(), k.view(), v.view(), &c.mask, c.scale, tile).unwrap();
-        prop_assert_eq!((sched.full, sched.partial), (fwd_sched.full, fwd_sched.partial));
-    }
-
-    /// (c) Rows that see no key: no NaN anywhere, their dq is exactly 0, and keys that
-    /// no row sees get exactly 0 dk and dv, in the reference and the emulator.
+    /// (b) Rows that see no key: no NaN anywhere, their dq is exactly 0, and keys that
+    /// no row sees get exactly 0 dk and dv.
     #[test]
     fn masked_rows_give_zero_not_nan(
         c in case(prop_oneof![
@@ -250,31 +179,26 @@ proptest! {
             }),
             (1..=40usize, 1..=40usize).prop_map(|(lq, lk)| Mask::from_intervals(lk, vec![[0; 4]; lq]).unwrap()),
         ], 2, &[(1, 1), (2, 1)], 8),
-        tile in tile_shape(),
     ) {
         let t = c.tensors();
         let (fwd, g) = forward_and_backward(&c, &t);
-        let (q, k, v) = (t.q.view(), t.k.view(), t.v.view());
-        let (e, _) = emulator::backward(q, k, v, &fwd, t.d_out.view(), &c.mask, c.scale, tile).unwrap();
         let (lq, lk) = (c.mask.len_q(), c.mask.len_k());
-        for grads in [&g, &e] {
-            prop_assert!(all_finite(grads));
-            for i in (0..lq).filter(|&i| c.mask.row_visible(i) == 0) {
-                for b in 0..c.batch {
-                    for h in 0..c.heads_q {
-                        prop_assert_eq!(fwd.lse[[b, h, i]], f64::NEG_INFINITY);
-                        prop_assert!(grads.dq.slice(ndarray::s![b, i, h, ..]).iter().all(|&x| x == 0.0));
-                    }
+        prop_assert!(all_finite(&g));
+        for i in (0..lq).filter(|&i| c.mask.row_visible(i) == 0) {
+            for b in 0..c.batch {
+                for h in 0..c.heads_q {
+                    prop_assert_eq!(fwd.lse[[b, h, i]], f64::NEG_INFINITY);
+                    prop_assert!(g.dq.slice(ndarray::s![b, i, h, ..]).iter().all(|&x| x == 0.0));
                 }
             }
-            for j in (0..lk).filter(|&j| (0..lq).all(|i| !c.mask.is_visible(i, j))) {
-                prop_assert!(grads.dk.slice(ndarray::s![.., j, .., ..]).iter().all(|&x| x == 0.0));
-                prop_assert!(grads.dv.slice(ndarray::s![.., j, .., ..]).iter().all(|&x| x == 0.0));
-            }
+        }
+        for j in (0..lk).filter(|&j| (0..lq).all(|i| !c.mask.is_visible(i, j))) {
+            prop_assert!(g.dk.slice(ndarray::s![.., j, .., ..]).iter().all(|&x| x == 0.0));
+            prop_assert!(g.dv.slice(ndarray::s![.., j, .., ..]).iter().all(|&x| x == 0.0));
         }
     }
 
-    /// (d) Any one wrong dimension is an `Error::Shape` from both, never a panic.
+    /// (c) Any one wrong dimension is an `Error::Shape`, never a panic.
     #[test]
     fn shape_errors(
         c in case(random_intervals(12, 12), 2, &[(1, 1), (2, 1)], 4),
@@ -309,9 +233,6 @@ proptest! {
         }
         let r = reference::attention_backward(q.view(), k.view(), v.view(), &fwd, d_out.view(), &mask, c.scale);
         prop_assert!(matches!(r, Err(Error::Shape(_))), "reference: {:?}", r.map(|_| ()));
-        let tile = TileShape::new(16, 16).unwrap();
-        let e = emulator::backward(q.view(), k.view(), v.view(), &fwd, d_out.view(), &mask, c.scale, tile);
-        prop_assert!(matches!(e, Err(Error::Shape(_))), "emulator: {:?}", e.map(|_| ()));
     }
 }
 

@@ -1,7 +1,7 @@
 //! The backward attention kernels' safe wrapper (csrc/flash_bwd.cu): dQ, dK, dV of
 //! attention with an interval mask, FlashAttention-2's backward on `mma.sync`.
 //!
-//! The schedule is [`crate::emulator::backward`]'s, step for step:
+//! The schedule, step for step:
 //!
 //! 1. Preprocessing kernel: `D = rowsum(dO * O)` and the LSE in base 2 (`-inf`, a row
 //!    that sees no key, becomes `+inf`, so its probabilities are `2^-inf = 0`), both

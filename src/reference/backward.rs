@@ -33,8 +33,7 @@ impl Gradients {
         }
     }
 
-    /// Checks the inputs of a backward pass (shared by the reference and the
-    /// emulator): Q, K, V against each other and the mask, `fwd.out` and `d_out` like
+    /// Checks the inputs of a backward pass: Q, K, V against each other and the mask, `fwd.out` and `d_out` like
     /// Q, `fwd.lse` `[B, Hq, Lq]`. Returns the shape and the resolved scale.
     pub(crate) fn check_inputs(
         q: &[usize],

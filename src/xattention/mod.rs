@@ -448,7 +448,7 @@ impl BlockSelection {
     }
 
     /// Checks that the selection is for attention of shape `sh` (batch, query heads,
-    /// lengths): what a kernel or the emulator needs before ANDing it with a mask.
+    /// lengths): what a kernel needs before ANDing it with a mask.
     pub fn check_shape(&self, sh: &AttnShape) -> Result<()> {
         if (self.batch, self.heads, self.len_q, self.len_k) == (sh.batch, sh.heads_q, sh.len_q, sh.len_k) {
             return Ok(());
