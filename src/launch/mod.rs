@@ -14,6 +14,8 @@ pub(crate) mod classes;
 pub(crate) mod forward;
 mod layout;
 pub(crate) mod naive;
+#[cfg(test)]
+mod probe;
 pub(crate) mod rope;
 pub(crate) mod xattn;
 
@@ -35,6 +37,7 @@ mod sealed {
     impl Scalar for f32 {}
     impl Scalar for f64 {}
     impl Scalar for i32 {}
+    impl Scalar for u32 {}
     impl Scalar for u8 {}
     impl Scalar for crate::tiles::TileSummary {}
 
@@ -86,7 +89,9 @@ impl KernelElement for half::bf16 {
 /// `Self` is `#[repr(C)]` and `OFFSETS` are the byte offsets in it of values of
 /// exactly the kernel's parameter types, in the kernel's parameter order.
 pub(crate) unsafe trait KernelArgs: Copy + std::fmt::Debug + 'static {
-    /// Byte offsets of the kernel's parameters in `Self`.
+    /// Byte offsets of the kernel's parameters in `Self` (cudarc's launch wants one
+    /// pointer per parameter; the CPU backend takes the whole value).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     const OFFSETS: &'static [usize];
 }
 
