@@ -117,7 +117,7 @@ __device__ __forceinline__ void key_tile(const MaskattnBwdParams &p) {
     };
 
     int32_t hi = 0, qt = walk.begin, cls = MASKATTN_TILE_EMPTY;
-    walk.seek(p.q_tile_summaries, k0, k0 + BN, hi, qt, cls);
+    walk.seek(p.q_tile_summaries, kt, BN, hi, qt, cls);
     if (hi < walk.group) {
         // K and V travel in the first step's group.
         fwd::load_tile_async<KTile, kThreads>(smem + Traits::kOffK,
@@ -151,7 +151,7 @@ __device__ __forceinline__ void key_tile(const MaskattnBwdParams &p) {
         fwd::cp_async_wait<0>();
         __syncthreads();
         int32_t next_hi = hi, next_qt = qt + 1, next_cls = MASKATTN_TILE_EMPTY;
-        walk.seek(p.q_tile_summaries, k0, k0 + BN, next_hi, next_qt, next_cls);
+        walk.seek(p.q_tile_summaries, kt, BN, next_hi, next_qt, next_cls);
         if (next_hi < walk.group) load_step(next_hi, next_qt, buf ^ 1);
 
         const uint32_t qdo = buf * Traits::kQdoBufferBytes;

@@ -29,7 +29,7 @@ __device__ __forceinline__ int32_t next_key_tile(const MaskattnTileSummary &summ
                                                  int32_t kt, int32_t end, int32_t block_n, int32_t &cls) {
     for (; kt < end; ++kt) {
         if (selected != nullptr && !__ldg(selected + kt * block_n / MASKATTN_SELECT_BLOCK)) continue;
-        cls = classify_key_tile(summary, kt * block_n, (kt + 1) * block_n);
+        cls = classify_tile(summary, kt, block_n);
         if (cls != MASKATTN_TILE_EMPTY) break;
     }
     return kt;

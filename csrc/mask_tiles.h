@@ -81,8 +81,9 @@ MASKATTN_HD MaskattnTileSummary summarize_rows(const int32_t *intervals, int32_t
 // EMPTY and FULL are never claimed wrongly; a tile that is empty or full only
 // through a mix of the two intervals is called PARTIAL, which is still correct.
 // k1 may exceed len_k (the last tile): no interval reaches past len_k, so such a
-// tile is never FULL and the per-element mask removes the keys past the end.
-MASKATTN_HD int32_t classify_key_tile(const MaskattnTileSummary &s, int32_t k0, int32_t k1) {
+// tile is never FULL and the per-element mask removes the keys past the end. The
+// bounds are 64-bit because the last tile of a length near 2^31 ends past INT32_MAX.
+MASKATTN_HD int32_t classify_key_tile(const MaskattnTileSummary &s, int64_t k0, int64_t k1) {
     bool misses_all = true;
     for (int j = 0; j < 2; ++j) {
         if (s.nonempty[j] == 0) continue;
@@ -92,6 +93,15 @@ MASKATTN_HD int32_t classify_key_tile(const MaskattnTileSummary &s, int32_t k0, 
     }
     return misses_all ? MASKATTN_TILE_EMPTY : MASKATTN_TILE_PARTIAL;
 }
+
+// Class of key tile kt of width block_n: keys [kt * block_n, (kt + 1) * block_n).
+MASKATTN_HD int32_t classify_tile(const MaskattnTileSummary &s, int32_t kt, int32_t block_n) {
+    return classify_key_tile(s, int64_t(kt) * block_n, int64_t(kt + 1) * block_n);
+}
+
+// ceil(n / d) for n >= 0, d > 0, without forming n + d - 1 (which overflows near
+// INT32_MAX).
+MASKATTN_HD int32_t div_ceil(int32_t n, int32_t d) { return n / d + (n % d != 0); }
 
 // Key tiles [*begin, *end) of width block_n that hold every visible key of the
 // summarized rows; tiles inside the range may still be EMPTY (a gap between the
@@ -110,7 +120,7 @@ MASKATTN_HD void key_tile_range(const MaskattnTileSummary &s, int32_t block_n, i
         return;
     }
     *begin = lo / block_n;
-    *end = (hi + block_n - 1) / block_n;
+    *end = div_ceil(hi, block_n);
 }
 
 // Is key k visible to the row whose intervals iv points at: the per-element mask

@@ -10,14 +10,14 @@ extern "C" __global__ void maskattn_tile_classes(const int32_t *__restrict__ int
                                                  int32_t *__restrict__ classes) {
     MASKATTN_SHARED(MaskattnTileSummary[32], scratch);
     const int32_t qt = blockIdx.x;
-    const int32_t row_end = min(len_q, (qt + 1) * block_m);
+    const int32_t row_end = qt < len_q / block_m ? (qt + 1) * block_m : len_q;
     const MaskattnTileSummary s = maskattn::block_summary(intervals, qt * block_m, row_end, scratch);
     int32_t begin, end;
     maskattn::key_tile_range(s, block_n, &begin, &end);
-    const int32_t n_key_tiles = (len_k + block_n - 1) / block_n;
+    const int32_t n_key_tiles = maskattn::div_ceil(len_k, block_n);
     for (int32_t kt = threadIdx.x; kt < n_key_tiles; kt += blockDim.x) {
         const int32_t cls = (kt >= begin && kt < end)
-                                ? maskattn::classify_key_tile(s, kt * block_n, (kt + 1) * block_n)
+                                ? maskattn::classify_tile(s, kt, block_n)
                                 : MASKATTN_TILE_EMPTY;
         classes[int64_t(qt) * n_key_tiles + kt] = cls;
     }

@@ -597,7 +597,7 @@ unsafe extern "C" {
     pub fn maskattn_summary_merge(a: *const MaskattnTileSummary, b: *const MaskattnTileSummary) -> MaskattnTileSummary;
 }
 unsafe extern "C" {
-    pub fn maskattn_classify_key_tile(s: *const MaskattnTileSummary, k0: i32, k1: i32) -> i32;
+    pub fn maskattn_classify_key_tile(s: *const MaskattnTileSummary, k0: i64, k1: i64) -> i32;
 }
 unsafe extern "C" {
     pub fn maskattn_key_tile_range(s: *const MaskattnTileSummary, block_n: i32, begin: *mut i32, end: *mut i32);

@@ -155,6 +155,24 @@ fn bad_inputs_are_errors_before_any_launch() {
             gpu.attention(x.view(), x.view(), x.view(), &other_mask, None),
             Err(maskattn::Error::Shape(_))
         ));
+        // Zero heads, zero batch, zero head dim.
+        for dims in [(1, 10, 0, 64), (0, 10, 2, 64), (1, 10, 2, 0)] {
+            let empty = Array4::<bf16>::zeros(dims);
+            let r = gpu.attention(empty.view(), empty.view(), empty.view(), &mask, None);
+            assert!(matches!(r, Err(maskattn::Error::Shape(_))), "{dims:?}");
+        }
+        // More query tiles than the grid's 65535 (8M queries of one row broadcast:
+        // nothing is allocated for them before the error).
+        let lq = 65536 * 128;
+        let long = Mask::causal(lq, 10).unwrap();
+        let row = Array4::<bf16>::zeros((1, 1, 2, 64));
+        let q = row.broadcast((1, lq, 2, 64)).unwrap();
+        assert!(matches!(gpu.attention(q, x.view(), x.view(), &long, None), Err(maskattn::Error::Unsupported(_))));
+        // A selection for other heads, or other lengths.
+        let sel = maskattn::xattention::BlockSelection::full(1, 3, 10, 10, false).unwrap();
+        assert!(gpu.attention_block_sparse(x.view(), x.view(), x.view(), &mask, &sel, None).is_err());
+        let sel = maskattn::xattention::BlockSelection::full(1, 2, 10, 300, false).unwrap();
+        assert!(gpu.attention_block_sparse(x.view(), x.view(), x.view(), &mask, &sel, None).is_err());
     });
 }
 

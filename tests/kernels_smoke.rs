@@ -8,7 +8,7 @@ mod common;
 
 #[cfg(feature = "cuda")]
 use maskattn::cuda::{driver_available, Gpu};
-use maskattn::tiles::{self, TileShape};
+use maskattn::tiles::{self, TileClass, TileShape};
 #[cfg(feature = "cuda")]
 use maskattn::Error;
 use maskattn::{Kernels, Mask, VideoLayout};
@@ -62,5 +62,21 @@ fn device_tile_classes_equal_the_host() {
                 assert_eq!(dev, host, "{backend}: {:?} with {bm}x{bn} tiles", mask.kind());
             }
         }
+    });
+}
+
+/// The device build of the tile arithmetic at `i32::MAX` keys, where the last key
+/// tile ends past `i32::MAX` (16.7M key tiles of 128).
+#[test]
+fn device_tile_classes_at_i32_max_keys() {
+    let len = i32::MAX as usize;
+    let mask = Mask::from_intervals(len, vec![[0, 5, i32::MAX - 300, i32::MAX], [7, i32::MAX, 0, 0]]).unwrap();
+    let shape = TileShape::new(64, 128).unwrap();
+    let host = tiles::tile_classes(&mask, shape);
+    let n = len.div_ceil(128);
+    assert_eq!((host.len(), host[0], host[1], host[n - 3], host[n - 1]), (n, TileClass::Partial, TileClass::Partial, TileClass::Partial, TileClass::Partial));
+    each_backend!(|backend, kernels| {
+        let dev = kernels.tile_classes(&mask, shape).unwrap();
+        assert!(dev == host, "{backend}: the device's classes differ from the host's");
     });
 }

@@ -76,3 +76,29 @@ fn causal_tiles_are_classified_tightly() {
     // (text, own frame) and walks the skipped frames between them.
     assert_eq!((st.full, st.partial, st.walked), (4 * 2, 1, 1 + (2 + 3 + 4 + 5)), "{st:?}");
 }
+
+/// Key lengths up to `i32::MAX`: the last tile ends at 2^31, past `i32::MAX`, and the
+/// walk's end is formed without overflow (it used to wrap negative, making the walk
+/// empty: O = 0, LSE = -inf for a mask that sees every key).
+#[test]
+fn tile_arithmetic_holds_at_i32_max_keys() {
+    let len = i32::MAX as usize;
+    for mask in [
+        maskattn::Mask::full(3, len).unwrap(),
+        // Rows that see the first 5 and the last 3 keys.
+        maskattn::Mask::from_intervals(len, vec![[0, 5, i32::MAX - 3, i32::MAX]; 2]).unwrap(),
+    ] {
+        for bn in [64, 128, 96, 1] {
+            let s = tiles::summarize(&mask, 0..mask.len_q());
+            let tiles_needed = len.div_ceil(bn);
+            assert_eq!(tiles::key_tile_range(&s, bn), 0..tiles_needed, "{bn}");
+            let last_tile = (tiles_needed - 1) * bn..tiles_needed * bn;
+            // The last tile reaches past the keys, so it is not FULL; with bn = 1 it is
+            // the last key, which every row sees.
+            let want = if bn == 1 { TileClass::Full } else { TileClass::Partial };
+            assert_eq!(tiles::classify(&s, last_tile), want, "{bn}");
+        }
+    }
+    let s = tiles::summarize(&maskattn::Mask::full(1, len).unwrap(), 0..1);
+    assert_eq!(tiles::classify(&s, 64..128), TileClass::Full);
+}

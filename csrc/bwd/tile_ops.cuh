@@ -155,15 +155,15 @@ __device__ __forceinline__ void load_row_data_async(uint32_t dst, const int32_t 
     }
 }
 
-// The class of key tile [k0, k1) for query tile qt, from the host's summaries.
+// The class of key tile kt (width block_n) for query tile qt, from the host's summaries.
 __device__ __forceinline__ int32_t classify_query_tile(const MaskattnTileSummary *__restrict__ summaries, int32_t qt,
-                                                       int32_t k0, int32_t k1) {
+                                                       int32_t kt, int32_t block_n) {
     MaskattnTileSummary s;
     const int32_t *src = reinterpret_cast<const int32_t *>(summaries + qt);
     int32_t *dst = reinterpret_cast<int32_t *>(&s);
 #pragma unroll
     for (int i = 0; i < int(sizeof(MaskattnTileSummary) / sizeof(int32_t)); ++i) dst[i] = __ldg(src + i);
-    return classify_key_tile(s, k0, k1);
+    return classify_tile(s, kt, block_n);
 }
 
 // The walk of a key tile: (query head hi of the group, query tile qt in [begin, end)),
@@ -173,15 +173,15 @@ struct Walk {
 
     // Moves (hi, qt) to the first non-EMPTY pair at or after it, setting cls; hi ==
     // group when none is left.
-    __device__ __forceinline__ void seek(const MaskattnTileSummary *__restrict__ summaries, int32_t k0, int32_t k1,
-                                         int32_t &hi, int32_t &qt, int32_t &cls) const {
+    __device__ __forceinline__ void seek(const MaskattnTileSummary *__restrict__ summaries, int32_t kt,
+                                         int32_t block_n, int32_t &hi, int32_t &qt, int32_t &cls) const {
         while (hi < group) {
             if (qt >= end) {
                 qt = begin;
                 ++hi;
                 continue;
             }
-            cls = classify_query_tile(summaries, qt, k0, k1);
+            cls = classify_query_tile(summaries, qt, kt, block_n);
             if (cls != MASKATTN_TILE_EMPTY) return;
             ++qt;
         }
@@ -193,7 +193,7 @@ struct Walk {
 __device__ __forceinline__ int32_t next_key_tile(const MaskattnTileSummary &summary, int32_t kt, int32_t end,
                                                  int32_t block_n, int32_t &cls) {
     for (; kt < end; ++kt) {
-        cls = classify_key_tile(summary, kt * block_n, (kt + 1) * block_n);
+        cls = classify_tile(summary, kt, block_n);
         if (cls != MASKATTN_TILE_EMPTY) break;
     }
     return kt;

@@ -15,7 +15,7 @@ MaskattnTileSummary maskattn_summary_merge(const MaskattnTileSummary *a,
     return maskattn::summary_merge(*a, *b);
 }
 
-int32_t maskattn_classify_key_tile(const MaskattnTileSummary *s, int32_t k0, int32_t k1) {
+int32_t maskattn_classify_key_tile(const MaskattnTileSummary *s, int64_t k0, int64_t k1) {
     return maskattn::classify_key_tile(*s, k0, k1);
 }
 

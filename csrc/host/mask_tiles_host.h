@@ -14,7 +14,7 @@ MaskattnTileSummary maskattn_summarize_rows(const int32_t *intervals, int32_t ro
                                             int32_t row_end);
 MaskattnTileSummary maskattn_summary_merge(const MaskattnTileSummary *a,
                                            const MaskattnTileSummary *b);
-int32_t maskattn_classify_key_tile(const MaskattnTileSummary *s, int32_t k0, int32_t k1);
+int32_t maskattn_classify_key_tile(const MaskattnTileSummary *s, int64_t k0, int64_t k1);
 void maskattn_key_tile_range(const MaskattnTileSummary *s, int32_t block_n, int32_t *begin,
                              int32_t *end);
 int32_t maskattn_key_visible(const int32_t *row_intervals, int32_t k);

@@ -61,12 +61,14 @@ impl<B: Backend> ForwardMask<B> {
         })
     }
 
-    /// Query rows.
+    /// Query rows (read by the GPU's device-pointer API).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn len_q(&self) -> usize {
         self.len_q
     }
 
-    /// Keys.
+    /// Keys (read by the GPU's device-pointer API).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn len_k(&self) -> usize {
         self.len_k
     }
@@ -231,8 +233,9 @@ pub(crate) fn attention<B: Backend, T: KernelElement>(
     if let Some(sel) = selection {
         sel.check_shape(&sh)?;
     }
-    let (dq, dk, dv) = (upload_array(b, &q)?, upload_array(b, &k)?, upload_array(b, &v)?);
+    // The mask's checks (grid limits) before the inputs' uploads.
     let device_mask = ForwardMask::new(b, mask, sh.head_dim)?;
+    let (dq, dk, dv) = (upload_array(b, &q)?, upload_array(b, &k)?, upload_array(b, &v)?);
     let device_selection = selection.map(|s| b.upload(s.as_bytes())).transpose()?;
     attention_on(b, &sh, [&dq, &dk, &dv], &device_mask, device_selection.as_ref(), scale)
 }
@@ -357,5 +360,44 @@ mod tests {
         let mask128 = ForwardMask::new(&rec, &mask, 128).unwrap();
         let wrong_tiles = ForwardArgs { mask: mask128.args(&rec).0, ..good };
         assert!(matches!(plan::<f16>(&wrong_tiles), Err(Error::Shape(m)) if m.contains("tiles")));
+    }
+
+    /// A zero row stride is a broadcast (every key reads the same K and V row): the
+    /// kernel, run on the CPU backend, gives bit for bit what it gives on the rows
+    /// written out, at a length that is not a tile multiple.
+    #[cfg(feature = "cpu")]
+    #[test]
+    fn a_zero_row_stride_broadcasts_one_row() {
+        let cpu = crate::cpu::CpuBackend::new();
+        let (lq, lk, h, d) = (70, 300, 2, 64);
+        let mask = Mask::sliding_window(lq, lk, 100, 4).unwrap();
+        let val = |i: usize| f16::from_f32(((i * 37 % 101) as f32 / 50.0 - 1.0) * 0.7);
+        let q = Array4::from_shape_fn((1, lq, h, d), |(_, i, hh, c)| val(i * 131 + hh * 17 + c));
+        let k_row = Array4::from_shape_fn((1, 1, 1, d), |(.., c)| val(3 * c + 1));
+        let v_row = Array4::from_shape_fn((1, 1, 1, d), |(.., c)| val(5 * c + 2));
+        let (k_all, v_all) = (k_row.broadcast((1, lk, 1, d)).unwrap(), v_row.broadcast((1, lk, 1, d)).unwrap());
+        let want = attention(&cpu, q.view(), k_all, v_all, &mask, None, None).unwrap();
+
+        let sh = AttnShape::new(q.shape(), k_all.shape(), v_all.shape(), &mask).unwrap();
+        let fwd_mask = ForwardMask::new(&cpu, &mask, d).unwrap();
+        let (qb, kb, vb) = (upload_array(&cpu, &q.view()).unwrap(), cpu.upload(k_row.as_slice().unwrap()).unwrap(), cpu.upload(v_row.as_slice().unwrap()).unwrap());
+        let mut out = cpu.zeros::<f16>(lq * h * d).unwrap();
+        let mut lse = cpu.zeros::<f32>(h * lq).unwrap();
+        {
+            let (q_dims, kv_dims) = qkv_dims(&sh);
+            let broadcast = |buf| {
+                let (BufArg { addr, len }, access) = BufArg::of(&cpu, buf);
+                (TensorArg { addr, len, layout: Layout4 { dims: kv_dims, strides: [d, 0, d, 1] } }, access)
+            };
+            let ((q, _q), (k, _k), (v, _v)) = (TensorArg::of(&cpu, &qb, q_dims), broadcast(&kb), broadcast(&vb));
+            let (mask, _mask) = fwd_mask.args(&cpu);
+            let (out, _out) = TensorArg::of_mut(&cpu, &mut out, q_dims);
+            let (lse, _lse) = BufArg::of_mut(&cpu, &mut lse);
+            let launch = plan::<f16>(&ForwardArgs { q, k, v, mask, selection: None, scale: None, out, lse }).unwrap();
+            // SAFETY: live buffers of `cpu`, checked by the plan, held until after the launch.
+            unsafe { cpu.launch(&launch) }.unwrap();
+        }
+        assert_eq!(cpu.download(&out).unwrap(), want.0.as_slice().unwrap());
+        assert_eq!(cpu.download(&lse).unwrap(), want.1.as_slice().unwrap());
     }
 }

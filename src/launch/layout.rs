@@ -5,6 +5,11 @@ use crate::error::{Error, Result};
 /// Dims `[B, L, H, D]` and element strides of a tensor in device memory. The last
 /// stride must be 1; the kernels also need the other strides to be multiples of 8
 /// elements and the base 16-byte aligned (checked at launch).
+///
+/// A zero batch, row or head stride is a broadcast, as in PyTorch's `expand`: every
+/// index of that dim reads the same memory (one K/V row for every key, say). Inputs
+/// may broadcast; outputs may not, since their rows are written in parallel (an
+/// overlapping output is an [`Error::Shape`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout4 {
     /// `[B, L, H, D]`.
