@@ -50,8 +50,11 @@ done
 # errors and the GPU tests skip (fail under MASKATTN_REQUIRE_GPU=1), while the CPU
 # tests and the example's CPU path run. It also sets CUDA_COMPUTE_CAP=80 where
 # nvidia-smi cannot tell candle-kernels' build the GPU's. The first build compiles
-# candle's CUDA kernels with nvcc: the longest step of this script on a small machine.
+# candle's CUDA kernels with nvcc: the longest step of this script on a small machine
+# (20 min on 2 cores with cudaforge's default of one nvcc per two cores).
 step "candle interop: cargo test --features candle --test candle_interop"
+# candle-kernels' build (cudaforge) runs nvcc on half the cores unless told otherwise.
+export CUDAFORGE_THREADS=${CUDAFORGE_THREADS:-$(nproc)}
 scripts/candle-stub.sh cargo test --features candle --test candle_interop --no-fail-fast
 scripts/candle-stub.sh cargo run --features candle --example candle_block
 

@@ -1,6 +1,8 @@
 //! Shared test helpers: proptest settings, random masks and tensors, the GPU gate.
 #![allow(dead_code)]
 
+use std::io::Write;
+
 use maskattn::{Mask, Segment, VideoLayout};
 use ndarray::Array4;
 use proptest::prelude::*;
@@ -84,7 +86,10 @@ pub fn arb_gpu_mask() -> impl Strategy<Value = Mask> {
 pub fn fuzz_config(b: &str, gpu_cases: u32, cpu_cases: u32, seed: u64) -> ProptestConfig {
     let default = if b == "gpu" { gpu_cases } else { cpu_cases };
     let cases = std::env::var("MASKATTN_GPU_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(default);
-    eprintln!("{b}: {cases} cases (seed {seed:#x})");
+    // To the process's stderr itself, past libtest's capture of eprintln!, so that the
+    // test command's log shows every fuzz test's case count, passing or not.
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let _ = writeln!(std::io::stderr(), "{test}: {cases} cases on the {b} backend (seed {seed:#x})");
     ProptestConfig {
         cases,
         rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
