@@ -34,7 +34,7 @@ kernel_suites=(--test kernels_forward --test kernels_backward --test kernels_xat
                --test kernels_smoke --test rope --test cpu_backend)
 for check in memcheck racecheck; do
   step "CPU backend, $check build: the kernel suites on a subset of cases"
-  MASKATTN_CPU_CHECK=$check MASKATTN_GPU_FUZZ_CASES=${MASKATTN_CHECK_FUZZ_CASES:-3} \
+  MASKATTN_CPU_CHECK=$check MASKATTN_GPU_FUZZ_CASES=${MASKATTN_CHECK_FUZZ_CASES:-2} \
     ASAN_OPTIONS=verify_asan_link_order=0:detect_leaks=0 \
     cargo test --no-default-features --features cpu "${kernel_suites[@]}" --no-fail-fast
 done
