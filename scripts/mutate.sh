@@ -43,11 +43,12 @@
 # racecheck mutant 20-50 s, a memcheck one ~2 min (the kernels under ASan + UBSan).
 # The first run on a machine also builds the dependencies into $MUTATE_DIR/target.
 #
-# Result on 2026-12-02 (commit after 71c8688): 19 of 20 killed, bwd-nonatomic-dq
-# SURVIVED. The CPU backend does not yet see races between CTAs on global memory: a
-# plain read-add-write of dQ by two CTAs loses an update only if the two host
-# threads interleave within nanoseconds. It stays in the list until racecheck
-# checks global accesses across CTAs.
+# Result on 2026-12-02: the whole list (commit 5d57961): 19 of 20 killed,
+# bwd-nonatomic-dq survived (a plain read-add-write of dQ by two CTAs loses an
+# update only if two host threads interleave within nanoseconds). Racecheck builds
+# now report plain stores of two CTAs to one global byte; with it
+# (MUTATE_ONLY=bwd-nonatomic-dq) that mutant is killed in racecheck, baselines
+# passing: 20 of 20.
 #
 # Environment: MUTATE_DIR (default /tmp/maskattn-mutate), MUTATE_ONLY (comma-separated
 # mutant names), MUTATE_FUZZ_CASES (default 20), MUTATE_LIST (default

@@ -18,6 +18,8 @@
 #include <algorithm>
 #include <atomic>
 #include <map>
+#include <memory>
+#include <unordered_map>
 #include <mutex>
 #include <random>
 #include <string>
@@ -175,6 +177,15 @@ void register_kernel(const char *name, void (*fn)(), Trampoline trampoline, size
 
 constexpr uint8_t kPoison = 0xff;  // NaN in f16, bf16 and f32
 
+// Racecheck of global memory: which CTA wrote each byte of a 4 KB page in this
+// launch. A page written by one CTA only keeps a bitmap; the first write by a
+// second CTA turns it into one owner per byte.
+struct GlobalPage {
+    uint64_t owner;             // linear block id of the first writer
+    uint64_t written[4096 / 64];  // bytes the owner wrote
+    std::unique_ptr<uint64_t[]> owners;  // per byte, linear block id + 1 (0: none)
+};
+
 struct Launch {
     std::string kernel;
     const KernelEntry *entry;
@@ -187,6 +198,8 @@ struct Launch {
     std::mutex mutex;
     std::string error;
     MaskattnCpuCounters counters{};
+    std::mutex global_mutex;
+    std::unordered_map<uint64_t, GlobalPage> global_pages;  // racecheck builds
 };
 
 enum class Status : uint8_t { kReady, kAtWarp, kAtBarrier, kExited };
@@ -250,6 +263,7 @@ struct StaticSite {
 
 struct Cta : CtaView {
     Launch *launch;
+    uint64_t linear_block;
     std::vector<Thread> threads;
     std::vector<Warp> warps;
     std::vector<std::vector<CopyPhase>> copy_phases;
@@ -459,11 +473,59 @@ static bool ordered(const Cta &c, const Access &a, const Thread &t) {
          to_shared(p), write ? "writes" : "reads", other.thread, other.thread / 32, other_kind);
 }
 
+static bool in_registered_buffer(const Launch &l, const void *p, uint64_t bytes);
+
+// Global memory: nothing orders the CTAs of one launch but atomics, so plain stores
+// of two CTAs to one byte race (a read-add-write by both loses an update). Only
+// writes are tracked; atomics (ThreadSanitizer's atomic hooks) are exempt.
+static void global_write(Thread &t, const unsigned char *p, size_t n) {
+    Cta &c = *t.owner;
+    Launch &l = *c.launch;
+    if (!in_registered_buffer(l, p, n)) return;  // the stack or host data
+    uint64_t other = 0;
+    const unsigned char *at = nullptr;
+    {
+        std::lock_guard<std::mutex> lock(l.global_mutex);
+        for (size_t i = 0; i < n && at == nullptr; ++i) {
+            const uint64_t a = reinterpret_cast<uint64_t>(p + i), off = a % 4096;
+            auto [it, fresh] = l.global_pages.try_emplace(a / 4096);
+            GlobalPage &pg = it->second;
+            if (fresh) pg.owner = c.linear_block;
+            if (pg.owners == nullptr && pg.owner == c.linear_block) {
+                pg.written[off / 64] |= uint64_t(1) << (off % 64);
+                continue;
+            }
+            if (pg.owners == nullptr) {
+                pg.owners.reset(new uint64_t[4096]());
+                for (uint64_t b = 0; b < 4096; ++b)
+                    if (pg.written[b / 64] >> (b % 64) & 1) pg.owners[b] = pg.owner + 1;
+            }
+            uint64_t &o = pg.owners[off];
+            if (o != 0 && o != c.linear_block + 1) {
+                other = o - 1;
+                at = p + i;
+            }
+            o = c.linear_block + 1;
+        }
+    }
+    // fail() does not return: the lock is released before it.
+    if (at != nullptr) {
+        ++c.counters.races;
+        fail("race on global memory at %p: this CTA (linear block %llu) writes it, block %llu wrote it in the "
+             "same launch; no order exists between CTAs but atomics",
+             static_cast<const void *>(at), static_cast<unsigned long long>(c.linear_block),
+             static_cast<unsigned long long>(other));
+    }
+}
+
 static void race_access(Thread &t, const unsigned char *p, size_t n, bool write, bool by_collective = false) {
     Cta &c = *t.owner;
     for (size_t i = 0; i < n; ++i) {
         ByteShadow *b = shadow_of(c, p + i);
-        if (b == nullptr) return;  // not shared memory
+        if (b == nullptr) {
+            if (write && !by_collective) global_write(t, p + i, n - i);
+            return;  // not shared memory
+        }
         if (b->pending)
             fail("shared byte 0x%x is the destination of a cp.async of thread %d that has not landed (no "
                  "cp.async.wait_group before this %s)",
@@ -905,6 +967,7 @@ static std::string describe_deadlock(const Cta &c) {
 static void run_cta(Launch &l, Cta &c, Stacks &stacks, uint3 block_idx, uint64_t linear_block) {
     const uint32_t n = l.block.x * l.block.y * l.block.z;
     c.launch = &l;
+    c.linear_block = linear_block;
     c.block_idx = block_idx;
     c.block_dim = l.block;
     c.grid_dim = l.grid;
@@ -1028,8 +1091,9 @@ extern "C" void maskattn_cpu_kernels_anchor();
 #if defined(MASKATTN_CPU_RACECHECK)
 // The ThreadSanitizer instrumentation of the kernels' translation unit (compiled
 // with -fsanitize=thread, linked without ThreadSanitizer's runtime) calls these for
-// every load and store: shared-memory ones go to the race detector, the rest (the
-// stack, global memory) are ignored.
+// every load and store: shared-memory ones go to the race detector, stores to the
+// launch's global buffers to the cross-CTA check (global_write), the rest (the
+// stack, host data, global loads) are ignored.
 static inline void tsan_access(void *p, size_t n, bool write) {
     if (tls_thread == nullptr) return;
     Thread &t = *static_cast<Thread *>(tls_thread);

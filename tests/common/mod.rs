@@ -59,25 +59,9 @@ pub fn arb_mask(max_len: usize) -> impl Strategy<Value = Mask> {
 }
 
 /// Masks for the GPU fuzz tests: any mask up to ~400 rows, video masks at the real
-/// 576 and 729 tokens per frame, and Video-CCAM masks.
+/// 576 and 729 tokens per frame (1 or 2 frames), and Video-CCAM masks.
 pub fn arb_gpu_mask() -> impl Strategy<Value = Mask> {
-    let video = (prop::sample::select(vec![576usize, 729]), 1usize..3, 0usize..100, 0usize..3).prop_map(
-        |(n, t, text, kind)| {
-            let layout: VideoLayout = format!("text:{text},frames:{t}x{n},text:{}", text / 3 + 1).parse().unwrap();
-            match kind {
-                0 => Mask::frame_block_causal(&layout).unwrap(),
-                1 => Mask::frame_block(&layout).unwrap(),
-                _ => Mask::full_visual(&layout).unwrap(),
-            }
-        },
-    );
-    let ccam = (1usize..300, 1usize..5, prop::sample::select(vec![1usize, 64, 100, 729]))
-        .prop_map(|(nq, t, n)| Mask::causal_cross(nq, t, n).unwrap());
-    prop_oneof![
-        6 => arb_mask(400),
-        1 => video,
-        1 => ccam,
-    ]
+    arb_kernel_mask(2)
 }
 
 /// Settings of a kernel fuzz test on backend `b` ("cpu" or "gpu"): a fixed seed, so a
@@ -337,9 +321,9 @@ impl StructuredRng {
     }
 }
 
-/// [`arb_gpu_mask`] with video masks of at most `max_frames` frames (it draws 1 or 2):
-/// the masks of the kernel fuzz tests on the CPU backend, where the kernels of one
-/// 2-frame video case (up to ~1600 tokens) take tens of seconds.
+/// The kernel fuzz tests' masks, with video masks of 1 to `max_frames` frames: fewer
+/// on the CPU backend, where the kernels of one 2-frame video case (up to ~1600
+/// tokens) take tens of seconds.
 pub fn arb_kernel_mask(max_frames: usize) -> impl Strategy<Value = Mask> {
     let video = (prop::sample::select(vec![576usize, 729]), 1..max_frames + 1, 0usize..100, 0usize..3).prop_map(
         |(n, t, text, kind)| {
