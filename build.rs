@@ -122,7 +122,17 @@ fn find_cuda_include() -> Option<PathBuf> {
 }
 
 fn build_fatbin() {
-    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "MASKATTN_CUDA_DIR", "PATH", "HOME"] {
+    // nvcc itself reads NVCC_{APPEND,PREPEND}_FLAGS: they change the fatbin too.
+    for var in [
+        "NVCC",
+        "NVCC_APPEND_FLAGS",
+        "NVCC_PREPEND_FLAGS",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "MASKATTN_CUDA_DIR",
+        "PATH",
+        "HOME",
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
