@@ -368,7 +368,14 @@ fn demo_cpu(out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
     for (name, mask, _, _) in demo_masks(true)? {
         let tile = tiles::forward_tiles(64)?;
         let st = TileStats::of(&mask, tile);
-        println!("{name:12} {} x {}: {} FULL, {} PARTIAL, {} EMPTY tiles", mask.len_q(), mask.len_k(), st.full, st.partial, st.empty);
+        println!(
+            "{name:12} {} x {}: {} FULL, {} PARTIAL, {} EMPTY tiles",
+            mask.len_q(),
+            mask.len_k(),
+            st.full,
+            st.partial,
+            st.empty
+        );
         write_png(&out.join(format!("{name}.png")), render(&mask, tile, 1024))?;
     }
     println!("pictures in {}", out.display());

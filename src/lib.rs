@@ -3,9 +3,9 @@
 
 pub mod cases;
 mod error;
-pub mod kernels;
 #[allow(missing_docs, non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code)]
 mod ffi;
+pub mod kernels;
 // The backends' shared plans and host-array API: unused in a build with neither.
 #[cfg_attr(not(any(feature = "cuda", feature = "cpu")), allow(dead_code))]
 pub(crate) mod launch;
@@ -13,6 +13,8 @@ pub mod mask;
 pub mod reference;
 pub mod rope;
 mod shape;
+#[cfg(any(test, feature = "cuda"))]
+mod splitmix;
 pub mod tiles;
 pub mod xattention;
 

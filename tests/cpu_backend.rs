@@ -93,13 +93,87 @@ fn results_do_not_depend_on_the_schedule() {
     }
 }
 
-/// A launch the machine could not run is an error value naming the kernel.
+/// A launch over the shared-memory budget is an `Unsupported` error naming the
+/// kernel, returned before anything runs.
 #[test]
 fn a_launch_over_the_shared_memory_budget_is_an_error() {
     let cpu = CpuBackend::with_options(CpuOptions { max_dynamic_smem: 48 * 1024, ..CpuOptions::default() });
     let x = ndarray::Array4::<bf16>::zeros((1, 64, 1, 128));
     let err = cpu.attention(x.view(), x.view(), x.view(), &Mask::causal(64, 64).unwrap(), None).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, maskattn::Error::Kernel(_)) && msg.contains("maskattn_fwd_bf16_d128"), "{msg}");
-    assert!(msg.contains("shared memory"), "{msg}");
+    assert!(matches!(err, maskattn::Error::Unsupported(_)) && msg.contains("maskattn_fwd_bf16_d128"), "{msg}");
+    assert!(msg.contains("67840 bytes of shared memory") && msg.contains("allows 49152"), "{msg}");
+}
+
+/// The opt-in shared memory per block of the GPUs maskattn targets: sm_86, sm_89
+/// and sm_120 (RTX 30/40/50, A10, L4, L40S), sm_80 (A100), sm_90 (H100/H200).
+const GPU_BUDGETS: [(u32, &str); 3] = [(99 * 1024, "sm_86/89/120"), (163 * 1024, "sm_80"), (227 * 1024, "sm_90")];
+
+/// Under each GPU's budget enforced on the CPU backend, at every head dim and both
+/// dtypes: the forward, XAttention's scoring and selection, and the deterministic
+/// dQ pass run, bit for bit as without a limit; the backward's main kernel runs
+/// where its tiles fit (params.h: 84,992 / 117,760 / 150,528 bytes at D = 64 / 96 /
+/// 128) and is otherwise an `Unsupported` error naming it, returned before any
+/// backward launch.
+#[test]
+fn every_gpu_shared_memory_budget_at_every_head_dim() {
+    fn check<T: maskattn::KernelElement>() {
+        let mask = Mask::causal(70, 90).unwrap();
+        for (d, bwd_smem) in [(64, 84_992u32), (96, 117_760), (128, 150_528)] {
+            let (_, q) = common::rounded::<T>(random_array((1, 70, 2, d), 1));
+            let (_, k) = common::rounded::<T>(random_array((1, 90, 1, d), 2));
+            let (_, v) = common::rounded::<T>(random_array((1, 90, 1, d), 3));
+            let (_, g) = common::rounded::<T>(random_array((1, 70, 2, d), 4));
+            let run = |budget: u32, deterministic: bool| {
+                let cpu = CpuBackend::with_options(CpuOptions { max_dynamic_smem: budget, ..CpuOptions::default() });
+                let fwd = cpu.attention(q.view(), k.view(), v.view(), &mask, None).unwrap();
+                let bwd = cpu.attention_grad(q.view(), k.view(), v.view(), g.view(), &mask, None, deterministic);
+                (fwd, bwd)
+            };
+            let bits = |a: &ndarray::Array4<T>| a.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<_>>();
+            let cfg = XAttnConfig { stride: 8, tau: Tau::Scalar(0.9), causal: true };
+            let score = |budget: u32| {
+                let cpu = CpuBackend::with_options(CpuOptions { max_dynamic_smem: budget, ..CpuOptions::default() });
+                let (scores, selection) = cpu.xattn_select_blocks(q.view(), k.view(), &cfg).unwrap();
+                (scores.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), selection)
+            };
+            let want_scores = score(u32::MAX);
+            for (budget, gpus) in GPU_BUDGETS {
+                assert!(
+                    score(budget) == want_scores,
+                    "{} D = {d}, budget {budget} ({gpus}): XAttention",
+                    T::KERNEL_NAME
+                );
+            }
+            for deterministic in [false, true] {
+                let (want_fwd, want_bwd) = run(u32::MAX, deterministic);
+                let want_bwd = want_bwd.unwrap();
+                for (budget, gpus) in GPU_BUDGETS {
+                    let what =
+                        format!("{} D = {d}, budget {budget} ({gpus}), deterministic {deterministic}", T::KERNEL_NAME);
+                    let (fwd, bwd) = run(budget, deterministic);
+                    assert_eq!(bits(&fwd.0), bits(&want_fwd.0), "{what}: forward");
+                    match bwd {
+                        Ok((dq, dk, dv)) => {
+                            assert!(bwd_smem <= budget, "{what}: the backward ran over its budget");
+                            assert_eq!(bits(&dq), bits(&want_bwd.0), "{what}: dq");
+                            assert_eq!(bits(&dk), bits(&want_bwd.1), "{what}: dk");
+                            assert_eq!(bits(&dv), bits(&want_bwd.2), "{what}: dv");
+                        }
+                        Err(e) => {
+                            let msg = e.to_string();
+                            assert!(bwd_smem > budget, "{what}: {msg}");
+                            assert!(matches!(e, maskattn::Error::Unsupported(_)), "{what}: {msg}");
+                            assert!(
+                                msg.contains(&format!("{bwd_smem} bytes")) && msg.contains("maskattn_bwd_"),
+                                "{msg}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    check::<bf16>();
+    check::<half::f16>();
 }

@@ -74,7 +74,10 @@ fn device_tile_classes_at_i32_max_keys() {
     let shape = TileShape::new(64, 128).unwrap();
     let host = tiles::tile_classes(&mask, shape);
     let n = len.div_ceil(128);
-    assert_eq!((host.len(), host[0], host[1], host[n - 3], host[n - 1]), (n, TileClass::Partial, TileClass::Partial, TileClass::Partial, TileClass::Partial));
+    assert_eq!(
+        (host.len(), host[0], host[1], host[n - 3], host[n - 1]),
+        (n, TileClass::Partial, TileClass::Partial, TileClass::Partial, TileClass::Partial)
+    );
     each_backend!(|backend, kernels| {
         let dev = kernels.tile_classes(&mask, shape).unwrap();
         assert!(dev == host, "{backend}: the device's classes differ from the host's");

@@ -460,7 +460,7 @@ mod device {
     use half::{bf16, f16};
     use maskattn::cuda::{DeviceTensorMut, Gpu, Layout4};
     use maskattn::rope::{self, DualRope, RopeStyle};
-    use maskattn::{Element, Error, KernelElement, VideoLayout};
+    use maskattn::{Error, KernelElement, VideoLayout};
     use ndarray::Array4;
 
     use super::common;

@@ -61,7 +61,9 @@ pub struct CpuOptions {
     /// Pending `cp.async` copies may also land at random steps between issue and
     /// wait, not only at the wait.
     pub early_landing: bool,
-    /// Dynamic shared memory a block may use, bytes (an H100's 227 KB by default).
+    /// Dynamic shared memory a block may use, bytes (an H100's 227 KB by default; 163 KB
+    /// for an A100, 99 KB for sm_86/89/120). A launch needing more returns
+    /// [`crate::Error::Unsupported`], as on a GPU with that budget.
     pub max_dynamic_smem: u32,
 }
 
@@ -334,7 +336,11 @@ impl Backend for CpuBackend {
         (buf.addr(), ())
     }
 
-    unsafe fn launch<P: KernelArgs>(&self, l: &KernelLaunch<P>) -> Result<()> {
+    fn smem_budget(&self) -> u32 {
+        self.options.max_dynamic_smem
+    }
+
+    unsafe fn start<P: KernelArgs>(&self, l: &KernelLaunch<P>) -> Result<()> {
         self.launch_raw(&l.kernel, l.grid, l.block, l.smem_bytes, &l.params)
     }
 }

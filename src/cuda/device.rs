@@ -2,6 +2,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN;
 use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
@@ -58,6 +59,8 @@ pub fn driver_available() -> Result<()> {
 pub struct Gpu {
     stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
+    /// The device's opt-in maximum of dynamic shared memory per block.
+    smem_budget: u32,
 }
 
 impl Gpu {
@@ -73,8 +76,10 @@ impl Gpu {
     /// device, so that maskattn's kernels are ordered with the caller's work.
     pub fn with_stream(stream: Arc<CudaStream>) -> Result<Self> {
         driver_available()?;
-        let module = stream.context().load_module(Ptx::from_binary(FATBIN.to_vec()))?;
-        Ok(Self { stream, module })
+        let ctx = stream.context();
+        let module = ctx.load_module(Ptx::from_binary(FATBIN.to_vec()))?;
+        let smem_budget = ctx.attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?.max(0) as u32;
+        Ok(Self { stream, module, smem_budget })
     }
 
     /// The stream every launch and copy of this handle goes to.
@@ -85,6 +90,13 @@ impl Gpu {
     /// The device name, e.g. "NVIDIA H100 80GB HBM3".
     pub fn name(&self) -> Result<String> {
         Ok(self.stream.context().name()?)
+    }
+
+    /// The dynamic shared memory one block may use on this device, in bytes
+    /// (`MAX_SHARED_MEMORY_PER_BLOCK_OPTIN`). A launch needing more returns
+    /// [`Error::Unsupported`] before anything runs.
+    pub fn smem_budget(&self) -> u32 {
+        self.smem_budget
     }
 
     /// (major, minor) compute capability.
@@ -177,7 +189,11 @@ impl Backend for Gpu {
         buf.device_ptr_mut(&self.stream)
     }
 
-    unsafe fn launch<P: KernelArgs>(&self, l: &KernelLaunch<P>) -> Result<()> {
+    fn smem_budget(&self) -> u32 {
+        self.smem_budget
+    }
+
+    unsafe fn start<P: KernelArgs>(&self, l: &KernelLaunch<P>) -> Result<()> {
         let f = self.function(&l.kernel)?;
         if l.smem_bytes > 48 * 1024 {
             f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, l.smem_bytes as i32)?;

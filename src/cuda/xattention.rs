@@ -27,6 +27,7 @@ use crate::error::Result;
 use crate::launch::{self, xattn::XAttnOutput};
 use crate::mask::Mask;
 use crate::shape::{AttnShape, Element};
+use crate::splitmix::SplitMix;
 use crate::xattention::{BlockSelection, XAttnConfig};
 
 impl Gpu {
@@ -206,24 +207,6 @@ pub fn xattn_structured_inputs<T: Element>(shape: &AttnShape, seed: u64) -> (Arr
         }
     }
     (q, k)
-}
-
-/// splitmix64 with uniform unit-variance draws (no rand dependency).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform on [-sqrt(3), sqrt(3)): mean 0, variance 1.
-    fn unit(&mut self) -> f64 {
-        ((self.next() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * 3f64.sqrt()
-    }
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ use ndarray::{Array4, ArrayView4};
 
 use super::forward::{run_packed, ForwardMask};
 use super::{
-    check_lse, check_mask_lens, download_array, kernel_scale, strides3, upload_array, Backend, BufArg, KernelElement,
-    KernelLaunch, TensorArg,
+    check_lse, check_mask_lens, check_smem_budget, download_array, kernel_scale, strides3, upload_array, Backend,
+    BufArg, KernelElement, KernelLaunch, TensorArg,
 };
 use crate::error::{Error, Result};
 use crate::ffi;
@@ -353,6 +353,8 @@ fn grid_blocks(rows: usize, what: &str) -> Result<u32> {
 /// outputs meanwhile.
 pub(crate) unsafe fn run<B: Backend, T: KernelElement>(b: &B, a: &BackwardArgs) -> Result<()> {
     let plan = plan::<T>(a)?;
+    // All three fit, or none runs.
+    check_smem_budget(b, &plan.launches)?;
     // SAFETY: the preprocessing kernel writes every element of lse2, delta and (in
     // the atomic mode) the accumulator before any other kernel reads them.
     let (mut lse2, mut delta) = unsafe { (b.scratch::<f32>(plan.scratch_rows)?, b.scratch::<f32>(plan.scratch_rows)?) };

@@ -380,7 +380,11 @@ mod tests {
 
         let sh = AttnShape::new(q.shape(), k_all.shape(), v_all.shape(), &mask).unwrap();
         let fwd_mask = ForwardMask::new(&cpu, &mask, d).unwrap();
-        let (qb, kb, vb) = (upload_array(&cpu, &q.view()).unwrap(), cpu.upload(k_row.as_slice().unwrap()).unwrap(), cpu.upload(v_row.as_slice().unwrap()).unwrap());
+        let (qb, kb, vb) = (
+            upload_array(&cpu, &q.view()).unwrap(),
+            cpu.upload(k_row.as_slice().unwrap()).unwrap(),
+            cpu.upload(v_row.as_slice().unwrap()).unwrap(),
+        );
         let mut out = cpu.zeros::<f16>(lq * h * d).unwrap();
         let mut lse = cpu.zeros::<f32>(h * lq).unwrap();
         {

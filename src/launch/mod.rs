@@ -196,7 +196,13 @@ pub(crate) trait Backend {
     /// The address of a buffer that launches write.
     fn addr_mut<'a, T: Scalar>(&'a self, buf: &'a mut Self::Buf<T>) -> (u64, Self::Access<'a>);
 
-    /// Runs (or queues) one kernel launch.
+    /// The dynamic shared memory one block may use, in bytes: the device's opt-in
+    /// maximum on the GPU (99 KB on sm_86/89/120, 163 KB on sm_80, 227 KB on sm_90),
+    /// [`crate::cpu::CpuOptions::max_dynamic_smem`] on the CPU backend.
+    fn smem_budget(&self) -> u32;
+
+    /// Runs (or queues) one kernel launch, or returns [`Error::Unsupported`] if it
+    /// needs more shared memory than [`Backend::smem_budget`].
     ///
     /// # Safety
     ///
@@ -205,7 +211,32 @@ pub(crate) trait Backend {
     /// address the same way) of at least the length the plan was given, whose
     /// [`Backend::Access`] is held until the launch is done or queued; buffers that
     /// it writes are not written by anything else meanwhile.
-    unsafe fn launch<P: KernelArgs>(&self, launch: &KernelLaunch<P>) -> Result<()>;
+    unsafe fn launch<P: KernelArgs>(&self, launch: &KernelLaunch<P>) -> Result<()> {
+        check_smem_budget(self, std::slice::from_ref(launch))?;
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.start(launch) }
+    }
+
+    /// [`Backend::launch`] after the budget check.
+    ///
+    /// # Safety
+    ///
+    /// As [`Backend::launch`], and `launch` fits [`Backend::smem_budget`].
+    unsafe fn start<P: KernelArgs>(&self, launch: &KernelLaunch<P>) -> Result<()>;
+}
+
+/// A typed error, before anything runs, if one of `launches` needs more dynamic
+/// shared memory per block than `b` allows (the kernels' tile configurations are
+/// fixed per head dim: a smaller device cannot run the larger ones).
+pub(crate) fn check_smem_budget<B: Backend + ?Sized, P>(b: &B, launches: &[KernelLaunch<P>]) -> Result<()> {
+    let budget = b.smem_budget();
+    match launches.iter().find(|l| l.smem_bytes > budget) {
+        Some(l) => Err(Error::Unsupported(format!(
+            "kernel {} needs {} bytes of shared memory per block; this device allows {budget}",
+            l.kernel, l.smem_bytes
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// A buffer as a plan sees it: its address and its length in elements.

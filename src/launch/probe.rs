@@ -79,7 +79,8 @@ fn probe<B: Backend>(b: &B, x: &Inputs) -> Result<Outputs> {
         .map(|v| b.upload(v.as_slice()))
         .into_iter()
         .collect::<Result<Vec<_>>>()?;
-    let mut outputs = [256, 256, 384, 2 * n_cvt, n_ex2].map(|n| b.zeros::<u32>(n)).into_iter().collect::<Result<Vec<_>>>()?;
+    let mut outputs =
+        [256, 256, 384, 2 * n_cvt, n_ex2].map(|n| b.zeros::<u32>(n)).into_iter().collect::<Result<Vec<_>>>()?;
     {
         let ins: Vec<_> = inputs.iter().map(|buf| b.addr(buf)).collect();
         let outs: Vec<_> = outputs.iter_mut().map(|buf| b.addr_mut(buf)).collect();
@@ -121,6 +122,8 @@ mod tests {
     use super::*;
     use half::{bf16, f16};
 
+    use crate::splitmix::SplitMix;
+
     // ---- the ISA's tables -------------------------------------------------------
     // groupID = lane >> 2, threadID_in_group = lane % 4.
 
@@ -148,12 +151,14 @@ mod tests {
     /// lane holds row lane / 4, columns 2 (lane % 4) + {0, 1} of matrix j (low half
     /// first); with .trans, rows 2 (lane % 4) + {0, 1} of column lane / 4.
     fn ldmatrix_expected(tile: &[u16], offsets: &[u32], trans: bool) -> Vec<u32> {
-        let elem = |matrix: usize, row: usize, col: usize| u32::from(tile[offsets[8 * matrix + row] as usize / 2 + col]);
+        let elem =
+            |matrix: usize, row: usize, col: usize| u32::from(tile[offsets[8 * matrix + row] as usize / 2 + col]);
         let mut out = Vec::new();
         for lane in 0..32 {
             for j in 0..4 {
                 let (r, c) = (lane / 4, 2 * (lane % 4));
-                let (lo, hi) = if trans { (elem(j, c, r), elem(j, c + 1, r)) } else { (elem(j, r, c), elem(j, r, c + 1)) };
+                let (lo, hi) =
+                    if trans { (elem(j, c, r), elem(j, c + 1, r)) } else { (elem(j, r, c), elem(j, r, c + 1)) };
                 out.push(lo | hi << 16);
             }
         }
@@ -162,32 +167,21 @@ mod tests {
 
     // ---- the vectors ------------------------------------------------------------
 
-    /// A small deterministic generator (splitmix64).
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-        /// k * 2^e with |k| <= 15, e in -2..=2: every product of two has at most 8
-        /// significant bits and exponents within 8 of each other, so a sum of 16 of
-        /// them plus such a C is exact in f32 whatever order or width the
-        /// accumulation uses: the hardware's result is then fully determined.
-        fn dyadic(&mut self) -> f32 {
-            let k = (self.next() % 31) as i32 - 15;
-            let e = (self.next() % 5) as i32 - 2;
-            k as f32 * 2f32.powi(e)
-        }
+    /// k * 2^e with |k| <= 15, e in -2..=2: every product of two has at most 8
+    /// significant bits and exponents within 8 of each other, so a sum of 16 of
+    /// them plus such a C is exact in f32 whatever order or width the
+    /// accumulation uses: the hardware's result is then fully determined.
+    fn dyadic(rng: &mut SplitMix) -> f32 {
+        let k = (rng.next() % 31) as i32 - 15;
+        let e = (rng.next() % 5) as i32 - 2;
+        k as f32 * 2f32.powi(e)
     }
 
     /// Matrices A (16 x 16), B (16 x 8, k x n), C (16 x 8).
     type Mma = (Vec<f32>, Vec<f32>, Vec<f32>);
 
-    fn mma_case(rng: &mut Rng) -> Mma {
-        let mut m = |n: usize| (0..n).map(|_| rng.dyadic()).collect::<Vec<f32>>();
+    fn mma_case(rng: &mut SplitMix) -> Mma {
+        let mut m = |n: usize| (0..n).map(|_| dyadic(rng)).collect::<Vec<f32>>();
         (m(256), m(128), m(128))
     }
 
@@ -253,11 +247,11 @@ mod tests {
         (0xff80_0000, 0xfc00, 0xff80), // -inf
         (0x7fc0_0000, 0x7fff, 0x7fff), // NaN: the canonical NaN
         (0xffc0_1234, 0x7fff, 0x7fff), // NaN with sign and payload: the canonical NaN
-        (0x501502f9, 0x7c00, 0x5015), // 1e10
+        (0x501502f9, 0x7c00, 0x5015),  // 1e10
     ];
 
     fn vectors() -> (Inputs, Vec<Mma>) {
-        let mut rng = Rng(0x7072_6f62_65);
+        let mut rng = SplitMix(0x7072_6f62_65);
         let cases = vec![mma_case(&mut rng), mma_case(&mut rng)];
         let mut mma = mma_registers(&cases[0], |x| f16::from_f32(x).to_bits());
         mma.extend(mma_registers(&cases[1], |x| bf16::from_f32(x).to_bits()));
@@ -325,23 +319,47 @@ mod tests {
         for (trans, got) in [false, true].into_iter().zip(out.ldm.chunks(128)) {
             let want = ldmatrix_expected(&tile, &x.ldm_offsets, trans);
             for (k, (&g, &w)) in got.iter().zip(&want).enumerate() {
-                assert_eq!(g, w, "{who}: ldmatrix x4{} lane {} r{}: {g:#010x} vs {w:#010x}", if trans { ".trans" } else { "" }, k / 4, k % 4);
+                assert_eq!(
+                    g,
+                    w,
+                    "{who}: ldmatrix x4{} lane {} r{}: {g:#010x} vs {w:#010x}",
+                    if trans { ".trans" } else { "" },
+                    k / 4,
+                    k % 4
+                );
             }
         }
 
         let chunk = |c: usize, lane: usize| -> Vec<u32> {
-            if x.cp_valid[32 * c + lane] != 0 { x.cp_src[128 * c + 4 * lane..][..4].to_vec() } else { vec![0; 4] }
+            if x.cp_valid[32 * c + lane] != 0 {
+                x.cp_src[128 * c + 4 * lane..][..4].to_vec()
+            } else {
+                vec![0; 4]
+            }
         };
         for lane in 0..32 {
             let next = (lane + 1) % 32;
-            assert_eq!(out.cp[4 * lane..][..4], chunk(0, lane)[..], "{who}: cp.async lane {lane}'s chunk 0 after wait_group 1");
-            assert_eq!(out.cp[128 + 4 * lane..][..4], chunk(0, next)[..], "{who}: cp.async chunk 0 of lane {next} after the barrier");
-            assert_eq!(out.cp[256 + 4 * lane..][..4], chunk(1, next)[..], "{who}: cp.async chunk 1 of lane {next} after the barrier");
+            assert_eq!(
+                out.cp[4 * lane..][..4],
+                chunk(0, lane)[..],
+                "{who}: cp.async lane {lane}'s chunk 0 after wait_group 1"
+            );
+            assert_eq!(
+                out.cp[128 + 4 * lane..][..4],
+                chunk(0, next)[..],
+                "{who}: cp.async chunk 0 of lane {next} after the barrier"
+            );
+            assert_eq!(
+                out.cp[256 + 4 * lane..][..4],
+                chunk(1, next)[..],
+                "{who}: cp.async chunk 1 of lane {next} after the barrier"
+            );
         }
 
         let n_cvt = x.cvt.len() / 2;
         for (i, &bits) in x.cvt.iter().enumerate() {
-            let (f16_got, bf16_got) = ((out.cvt[i / 2] >> (16 * (i % 2))) as u16, (out.cvt[n_cvt + i / 2] >> (16 * (i % 2))) as u16);
+            let (f16_got, bf16_got) =
+                ((out.cvt[i / 2] >> (16 * (i % 2))) as u16, (out.cvt[n_cvt + i / 2] >> (16 * (i % 2))) as u16);
             let (f16_want, bf16_want) = match CVT_TABLE.iter().find(|&&(x, _, _)| x == bits) {
                 Some(&(_, h, b)) => (h, b),
                 // half's own conversions (round to nearest even), for the random floats.
@@ -351,8 +369,20 @@ mod tests {
                     (f16::from_f32(f).to_bits(), bf16::from_f32(f).to_bits())
                 }
             };
-            assert_eq!(f16_got, f16_want, "{who}: cvt.rn.f16x2 of {bits:#010x} ({}), half {}", f32::from_bits(bits), i % 2);
-            assert_eq!(bf16_got, bf16_want, "{who}: cvt.rn.bf16x2 of {bits:#010x} ({}), half {}", f32::from_bits(bits), i % 2);
+            assert_eq!(
+                f16_got,
+                f16_want,
+                "{who}: cvt.rn.f16x2 of {bits:#010x} ({}), half {}",
+                f32::from_bits(bits),
+                i % 2
+            );
+            assert_eq!(
+                bf16_got,
+                bf16_want,
+                "{who}: cvt.rn.bf16x2 of {bits:#010x} ({}), half {}",
+                f32::from_bits(bits),
+                i % 2
+            );
         }
 
         for (&xb, &yb) in x.ex2.iter().zip(&out.ex2) {

@@ -116,7 +116,12 @@ impl Backend for Recorder {
         (buf.addr, ())
     }
 
-    unsafe fn launch<P: KernelArgs>(&self, l: &KernelLaunch<P>) -> Result<()> {
+    /// No device: a plan's shared memory is what the tests assert on.
+    fn smem_budget(&self) -> u32 {
+        u32::MAX
+    }
+
+    unsafe fn start<P: KernelArgs>(&self, l: &KernelLaunch<P>) -> Result<()> {
         self.state.borrow_mut().launches.push(Recorded {
             kernel: l.kernel.clone(),
             grid: l.grid,
