@@ -124,41 +124,33 @@ fn every_gpu_shared_memory_budget_at_every_head_dim() {
             let (_, k) = common::rounded::<T>(random_array((1, 90, 1, d), 2));
             let (_, v) = common::rounded::<T>(random_array((1, 90, 1, d), 3));
             let (_, g) = common::rounded::<T>(random_array((1, 70, 2, d), 4));
-            let run = |budget: u32, deterministic: bool| {
-                let cpu = CpuBackend::with_options(CpuOptions { max_dynamic_smem: budget, ..CpuOptions::default() });
-                let fwd = cpu.attention(q.view(), k.view(), v.view(), &mask, None).unwrap();
-                let bwd = cpu.attention_grad(q.view(), k.view(), v.view(), g.view(), &mask, None, deterministic);
-                (fwd, bwd)
-            };
-            let bits = |a: &ndarray::Array4<T>| a.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<_>>();
             let cfg = XAttnConfig { stride: 8, tau: Tau::Scalar(0.9), causal: true };
-            let score = |budget: u32| {
+            let bits = |a: &ndarray::Array4<T>| a.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<_>>();
+            // One backend per budget: forward, XAttention scores and both backward modes.
+            let run = |budget: u32| {
                 let cpu = CpuBackend::with_options(CpuOptions { max_dynamic_smem: budget, ..CpuOptions::default() });
+                let (out, _) = cpu.attention(q.view(), k.view(), v.view(), &mask, None).unwrap();
                 let (scores, selection) = cpu.xattn_select_blocks(q.view(), k.view(), &cfg).unwrap();
-                (scores.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), selection)
+                let bwd = [false, true].map(|deterministic| {
+                    cpu.attention_grad(q.view(), k.view(), v.view(), g.view(), &mask, None, deterministic)
+                });
+                (bits(&out), scores.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), selection, bwd)
             };
-            let want_scores = score(u32::MAX);
+            let (want_out, want_scores, want_selection, want_bwd) = run(u32::MAX);
             for (budget, gpus) in GPU_BUDGETS {
-                assert!(
-                    score(budget) == want_scores,
-                    "{} D = {d}, budget {budget} ({gpus}): XAttention",
-                    T::KERNEL_NAME
-                );
-            }
-            for deterministic in [false, true] {
-                let (want_fwd, want_bwd) = run(u32::MAX, deterministic);
-                let want_bwd = want_bwd.unwrap();
-                for (budget, gpus) in GPU_BUDGETS {
-                    let what =
-                        format!("{} D = {d}, budget {budget} ({gpus}), deterministic {deterministic}", T::KERNEL_NAME);
-                    let (fwd, bwd) = run(budget, deterministic);
-                    assert_eq!(bits(&fwd.0), bits(&want_fwd.0), "{what}: forward");
-                    match bwd {
+                let what = format!("{} D = {d}, budget {budget} ({gpus})", T::KERNEL_NAME);
+                let (out, scores, selection, bwd) = run(budget);
+                assert_eq!(out, want_out, "{what}: forward");
+                assert!(scores == want_scores && selection == want_selection, "{what}: XAttention");
+                for ((deterministic, got), want) in [false, true].into_iter().zip(bwd).zip(&want_bwd) {
+                    let what = format!("{what}, deterministic {deterministic}");
+                    let want = want.as_ref().unwrap();
+                    match got {
                         Ok((dq, dk, dv)) => {
                             assert!(bwd_smem <= budget, "{what}: the backward ran over its budget");
-                            assert_eq!(bits(&dq), bits(&want_bwd.0), "{what}: dq");
-                            assert_eq!(bits(&dk), bits(&want_bwd.1), "{what}: dk");
-                            assert_eq!(bits(&dv), bits(&want_bwd.2), "{what}: dv");
+                            assert_eq!(bits(&dq), bits(&want.0), "{what}: dq");
+                            assert_eq!(bits(&dk), bits(&want.1), "{what}: dk");
+                            assert_eq!(bits(&dv), bits(&want.2), "{what}: dv");
                         }
                         Err(e) => {
                             let msg = e.to_string();
