@@ -21,8 +21,11 @@
 //        atomic adds into the accumulator (split over the 8 warps)
 //    Q, dO and the rows' data are double-buffered with cp.async: one wait and one
 //    barrier per step, then the next non-empty pair's loads are issued into the other
-//    buffer so that they overlap this step's five matrix products. dK and dV (summed
-//    over the group's query heads in registers, no atomics) are written once.
+//    buffer so that they overlap this step's five matrix products. The compact
+//    configuration (*_compact, for 99 KB of shared memory at D = 96 and 128) has one
+//    buffer: the loads are issued after the step's last read of it (in the atomic
+//    mode at the dQ product's barrier, so that they overlap that product). dK and dV
+//    (summed over the group's query heads in registers, no atomics) are written once.
 // 3. maskattn_bwd_dq_convert_*: dQ = scale * accumulator, in the input dtype and layout.
 //    Or, in the deterministic mode, maskattn_bwd_dq_{dt}_d{D}: one CTA per (batch, query
 //    head, query tile) walking the key tiles exactly as the forward does and
@@ -152,7 +155,8 @@ __device__ __forceinline__ void key_tile(const MaskattnBwdParams &p) {
         __syncthreads();
         int32_t next_hi = hi, next_qt = qt + 1, next_cls = MASKATTN_TILE_EMPTY;
         walk.seek(p.q_tile_summaries, kt, BN, next_hi, next_qt, next_cls);
-        if (next_hi < walk.group) load_step(next_hi, next_qt, buf ^ 1);
+        const bool more = next_hi < walk.group;  // uniform over the block
+        if (Traits::kStages == 2 && more) load_step(next_hi, next_qt, buf ^ 1);
 
         const uint32_t qdo = buf * Traits::kQdoBufferBytes;
         const unsigned char *row_data = bwd_smem + Traits::kOffRows + buf * Traits::kRowBufferBytes;
@@ -191,6 +195,9 @@ __device__ __forceinline__ void key_tile(const MaskattnBwdParams &p) {
             // columns; every warp's dS^T rows must be in shared memory first. The next
             // step's barrier keeps the next dS^T write behind these reads.
             __syncthreads();
+            // Past this barrier no warp reads Q, dO or the row data again: a single
+            // buffer is refilled here, under the dQ product.
+            if (Traits::kStages == 1 && more) load_step(next_hi, next_qt, 0);
             const int dq_row0 = 16 * (warp % Traits::kDqRowGroups);
             const int dq_col0 = Traits::kDqCols * (warp / Traits::kDqRowGroups);
             const fwd::LdsmAddr<DsTile> ds_a = fwd::ldsm_b_order<DsTile>(smem + Traits::kOffDs, lane)
@@ -211,12 +218,15 @@ __device__ __forceinline__ void key_tile(const MaskattnBwdParams &p) {
                 gemm_ds_k<Elem, BN / 16>(dq, ds_a, k_t.shifted(KTile::offset(0, chunk * DQC)));
                 atomic_add_rows<DQC, D>(accum, dq, dq_row0, dq_col0 + 8 * DQC * chunk, p.len_q - m0, lane);
             }
+        } else if (Traits::kStages == 1 && more) {
+            __syncthreads();  // every warp is done with Q, dO and the row data
+            load_step(next_hi, next_qt, 0);
         }
 
         hi = next_hi;
         qt = next_qt;
         cls = next_cls;
-        buf ^= 1;
+        buf ^= Traits::kStages - 1;
     }
 
     // dK and dV leave through the K and V tiles, once no warp reads them any more (the
@@ -262,7 +272,7 @@ __device__ __forceinline__ void dq_query_tile(const MaskattnBwdParams &p) {
                                           p.do_row_stride, m0, p.len_q, tid);
     fwd::cp_async_commit();
     intervals.load(p.intervals, m0, p.len_q, tid, kThreads);
-    if (tid == 0) summary = p.q_tile_summaries[qt];
+    if (tid == 0) summary = p.dq_tile_summaries[qt];
     // The lane's two rows' base-2 LSE and D (padded rows: +inf and 0).
     float lse2[2], delta[2];
     {
@@ -431,15 +441,25 @@ __device__ __forceinline__ void dq_convert(const MaskattnBwdParams &p) {
 }  // namespace bwd
 }  // namespace maskattn
 
-// Entry points: per (element type, head dim) for the tile kernels, per element type
-// for the row-wise ones.
-#define MASKATTN_BWD_ENTRY(name, Elem, D, kDq)                                                               \
-    extern "C" __global__ void __launch_bounds__(maskattn::bwd::BwdTraits<Elem, D>::kThreads,                \
-                                                 maskattn::bwd::BwdTraits<Elem, D>::kMinBlocksPerSm)         \
+// Entry points: per (element type, head dim, configuration) for the tile kernels, per
+// element type for the row-wise ones. Each states the shared memory params.h gives the
+// launcher for it.
+#define MASKATTN_BWD_ENTRY(name, Elem, D, BM, Stages, kDq, kSmem)                                            \
+    static_assert(maskattn::bwd::BwdTraits<Elem, D, BM, Stages>::kSmemBytes == (kSmem),                      \
+                  "params.h: K, V + Stages x (Q, dO) + dS^T + Stages x row data");                            \
+    extern "C" __global__ void __launch_bounds__(maskattn::bwd::BwdTraits<Elem, D, BM, Stages>::kThreads,    \
+                                                 maskattn::bwd::BwdTraits<Elem, D, BM, Stages>::kMinBlocksPerSm) \
         name(const MaskattnBwdParams p) {                                                                    \
-        maskattn::bwd::key_tile<maskattn::bwd::BwdTraits<Elem, D>, kDq>(p);                                  \
+        maskattn::bwd::key_tile<maskattn::bwd::BwdTraits<Elem, D, BM, Stages>, kDq>(p);                      \
     }                                                                                                        \
     MASKATTN_REGISTER_KERNEL(name)
+
+// The main kernel in both modes, in one configuration.
+#define MASKATTN_BWD_MAIN(suffix, D, BM, Stages, kSmem)                                                      \
+    MASKATTN_BWD_ENTRY(maskattn_bwd_f16_d##D##suffix, __half, D, BM, Stages, true, kSmem)                    \
+    MASKATTN_BWD_ENTRY(maskattn_bwd_bf16_d##D##suffix, __nv_bfloat16, D, BM, Stages, true, kSmem)            \
+    MASKATTN_BWD_ENTRY(maskattn_bwd_dkdv_f16_d##D##suffix, __half, D, BM, Stages, false, kSmem)              \
+    MASKATTN_BWD_ENTRY(maskattn_bwd_dkdv_bf16_d##D##suffix, __nv_bfloat16, D, BM, Stages, false, kSmem)
 
 #define MASKATTN_BWD_DQ_ENTRY(name, Elem, D)                                                                 \
     extern "C" __global__ void __launch_bounds__(maskattn::bwd::BwdDqTraits<Elem, D>::kThreads,              \
@@ -455,18 +475,11 @@ __device__ __forceinline__ void dq_convert(const MaskattnBwdParams &p) {
     }                                                                                                        \
     MASKATTN_REGISTER_KERNEL(name)
 
-MASKATTN_BWD_ENTRY(maskattn_bwd_f16_d64, __half, 64, true)
-MASKATTN_BWD_ENTRY(maskattn_bwd_f16_d96, __half, 96, true)
-MASKATTN_BWD_ENTRY(maskattn_bwd_f16_d128, __half, 128, true)
-MASKATTN_BWD_ENTRY(maskattn_bwd_bf16_d64, __nv_bfloat16, 64, true)
-MASKATTN_BWD_ENTRY(maskattn_bwd_bf16_d96, __nv_bfloat16, 96, true)
-MASKATTN_BWD_ENTRY(maskattn_bwd_bf16_d128, __nv_bfloat16, 128, true)
-MASKATTN_BWD_ENTRY(maskattn_bwd_dkdv_f16_d64, __half, 64, false)
-MASKATTN_BWD_ENTRY(maskattn_bwd_dkdv_f16_d96, __half, 96, false)
-MASKATTN_BWD_ENTRY(maskattn_bwd_dkdv_f16_d128, __half, 128, false)
-MASKATTN_BWD_ENTRY(maskattn_bwd_dkdv_bf16_d64, __nv_bfloat16, 64, false)
-MASKATTN_BWD_ENTRY(maskattn_bwd_dkdv_bf16_d96, __nv_bfloat16, 96, false)
-MASKATTN_BWD_ENTRY(maskattn_bwd_dkdv_bf16_d128, __nv_bfloat16, 128, false)
+MASKATTN_BWD_MAIN(, 64, MASKATTN_BWD_BLOCK_M, 2, MASKATTN_BWD_SMEM_D64)
+MASKATTN_BWD_MAIN(, 96, MASKATTN_BWD_BLOCK_M, 2, MASKATTN_BWD_SMEM_D96)
+MASKATTN_BWD_MAIN(, 128, MASKATTN_BWD_BLOCK_M, 2, MASKATTN_BWD_SMEM_D128)
+MASKATTN_BWD_MAIN(_compact, 96, MASKATTN_BWD_COMPACT_BLOCK_M_D96, 1, MASKATTN_BWD_COMPACT_SMEM_D96)
+MASKATTN_BWD_MAIN(_compact, 128, MASKATTN_BWD_COMPACT_BLOCK_M_D128, 1, MASKATTN_BWD_COMPACT_SMEM_D128)
 MASKATTN_BWD_DQ_ENTRY(maskattn_bwd_dq_f16_d64, __half, 64)
 MASKATTN_BWD_DQ_ENTRY(maskattn_bwd_dq_f16_d96, __half, 96)
 MASKATTN_BWD_DQ_ENTRY(maskattn_bwd_dq_f16_d128, __half, 128)
@@ -479,5 +492,6 @@ MASKATTN_BWD_ROW_ENTRY(maskattn_bwd_dq_convert_f16, dq_convert, __half)
 MASKATTN_BWD_ROW_ENTRY(maskattn_bwd_dq_convert_bf16, dq_convert, __nv_bfloat16)
 
 #undef MASKATTN_BWD_ENTRY
+#undef MASKATTN_BWD_MAIN
 #undef MASKATTN_BWD_DQ_ENTRY
 #undef MASKATTN_BWD_ROW_ENTRY

@@ -168,7 +168,9 @@ typedef struct MaskattnXattnSelectParams {
  * MASKATTN_BWD_BLOCK_M rows in the tile's walk. Dynamic shared memory: the K and V
  * tiles, two buffers of (Q, dO) tiles, the dS^T tile [BLOCK_N][BLOCK_M], two
  * buffers of per-row data (16 bytes of intervals, the base-2 LSE and D: 24 bytes a
- * row): (2 * BLOCK_N + 4 * BLOCK_M) * D * 2 + BLOCK_N * BLOCK_M * 2 + 2 * BLOCK_M * 24. */
+ * row): (2 * BLOCK_N + 4 * BLOCK_M) * D * 2 + BLOCK_N * BLOCK_M * 2 + 2 * BLOCK_M * 24.
+ * That needs 117,760 B at D = 96 and 150,528 B at D = 128: more than the 99 KB a block
+ * may use on sm_86/89/120. */
 #define MASKATTN_BWD_THREADS 256
 #define MASKATTN_BWD_BLOCK_M 64
 #define MASKATTN_BWD_BLOCK_N 128
@@ -176,10 +178,21 @@ typedef struct MaskattnXattnSelectParams {
 #define MASKATTN_BWD_SMEM_D96 ((2 * 128 + 4 * 64) * 96 * 2 + 128 * 64 * 2 + 2 * 64 * 24)
 #define MASKATTN_BWD_SMEM_D128 ((2 * 128 + 4 * 64) * 128 * 2 + 128 * 64 * 2 + 2 * 64 * 24)
 
+/* The compact main kernel for 99 KB (at D = 96 and 128; at D = 64 the kernel above fits
+ * every budget): the same 8 warps and key tiles, one buffer of (Q, dO) and row data (a
+ * step's loads are issued once every warp is done reading the previous step's), query
+ * tiles of MASKATTN_BWD_COMPACT_BLOCK_M_D* rows: (2 * BLOCK_N + 2 * BM) * D * 2 +
+ * BLOCK_N * BM * 2 + BM * 24. */
+#define MASKATTN_BWD_COMPACT_BLOCK_M_D96 64
+#define MASKATTN_BWD_COMPACT_BLOCK_M_D128 32
+#define MASKATTN_BWD_COMPACT_SMEM_D96 ((2 * 128 + 2 * 64) * 96 * 2 + 128 * 64 * 2 + 64 * 24)
+#define MASKATTN_BWD_COMPACT_SMEM_D128 ((2 * 128 + 2 * 32) * 128 * 2 + 128 * 32 * 2 + 32 * 24)
+
 /* Deterministic dQ pass: one CTA of MASKATTN_BWD_DQ_THREADS threads (4 warps, 16
  * query rows each) per (batch, query head, query tile of MASKATTN_BWD_DQ_BLOCK_M
  * rows) walks key tiles of MASKATTN_BWD_DQ_BLOCK_N keys exactly as the forward does.
- * Its query tiles are the main kernel's (the same BLOCK_M, the same summaries).
+ * It has its own query-tile summaries (the main kernel's compact query tiles may be
+ * smaller).
  * Dynamic shared memory: the Q and dO tiles, two buffers of (K, V) tiles, the rows'
  * intervals (16 bytes a row), then 256 bytes of per-CTA values. */
 #define MASKATTN_BWD_DQ_THREADS 128
@@ -212,7 +225,8 @@ typedef struct MaskattnBwdParams {
     float *dq_accum;            /* [batch, heads_q, len_q, head_dim] f32 (atomic mode), NULL in the
                                    deterministic mode */
     const int32_t *intervals;   /* [len_q][4]: s0, e0, s1, e1 */
-    const MaskattnTileSummary *q_tile_summaries; /* [n_q_tiles]: rows of each BLOCK_M query tile */
+    const MaskattnTileSummary *q_tile_summaries; /* per query tile of the main kernel */
+    const MaskattnTileSummary *dq_tile_summaries; /* per query tile of the dQ pass */
     const int32_t *k_tile_order; /* key tiles in launch order, heaviest first */
     const int32_t *k_tile_walks; /* [n_k_tiles][2]: the query tiles [begin, end) a key tile walks */
     const int32_t *q_tile_order; /* query tiles in launch order for the dQ pass, heaviest first */
@@ -229,7 +243,8 @@ typedef struct MaskattnBwdParams {
     int32_t heads_kv;
     int32_t len_q;
     int32_t len_k;
-    int32_t len_q_pad;          /* len_q rounded up to BLOCK_M: the row count of lse2 and delta */
+    int32_t len_q_pad;          /* len_q rounded up to MASKATTN_BWD_DQ_BLOCK_M (a multiple of every main
+                                   kernel's BLOCK_M): the row count of lse2 and delta */
     int32_t head_dim;
     float scale;                /* softmax scale of the forward */
     float scale_log2;           /* scale * log2(e) */

@@ -32,6 +32,10 @@ pub const MASKATTN_BWD_BLOCK_N: u32 = 128;
 pub const MASKATTN_BWD_SMEM_D64: u32 = 84992;
 pub const MASKATTN_BWD_SMEM_D96: u32 = 117760;
 pub const MASKATTN_BWD_SMEM_D128: u32 = 150528;
+pub const MASKATTN_BWD_COMPACT_BLOCK_M_D96: u32 = 64;
+pub const MASKATTN_BWD_COMPACT_BLOCK_M_D128: u32 = 32;
+pub const MASKATTN_BWD_COMPACT_SMEM_D96: u32 = 91648;
+pub const MASKATTN_BWD_COMPACT_SMEM_D128: u32 = 90880;
 pub const MASKATTN_BWD_DQ_THREADS: u32 = 128;
 pub const MASKATTN_BWD_DQ_BLOCK_M: u32 = 64;
 pub const MASKATTN_BWD_DQ_BLOCK_N: u32 = 64;
@@ -460,6 +464,7 @@ pub struct MaskattnBwdParams {
     pub dq_accum: *mut f32,
     pub intervals: *const i32,
     pub q_tile_summaries: *const MaskattnTileSummary,
+    pub dq_tile_summaries: *const MaskattnTileSummary,
     pub k_tile_order: *const i32,
     pub k_tile_walks: *const i32,
     pub q_tile_order: *const i32,
@@ -499,7 +504,7 @@ pub struct MaskattnBwdParams {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of MaskattnBwdParams"][::std::mem::size_of::<MaskattnBwdParams>() - 368usize];
+    ["Size of MaskattnBwdParams"][::std::mem::size_of::<MaskattnBwdParams>() - 376usize];
     ["Alignment of MaskattnBwdParams"][::std::mem::align_of::<MaskattnBwdParams>() - 8usize];
     ["Offset of field: MaskattnBwdParams::q"][::std::mem::offset_of!(MaskattnBwdParams, q) - 0usize];
     ["Offset of field: MaskattnBwdParams::k"][::std::mem::offset_of!(MaskattnBwdParams, k) - 8usize];
@@ -516,70 +521,72 @@ const _: () = {
     ["Offset of field: MaskattnBwdParams::intervals"][::std::mem::offset_of!(MaskattnBwdParams, intervals) - 96usize];
     ["Offset of field: MaskattnBwdParams::q_tile_summaries"]
         [::std::mem::offset_of!(MaskattnBwdParams, q_tile_summaries) - 104usize];
+    ["Offset of field: MaskattnBwdParams::dq_tile_summaries"]
+        [::std::mem::offset_of!(MaskattnBwdParams, dq_tile_summaries) - 112usize];
     ["Offset of field: MaskattnBwdParams::k_tile_order"]
-        [::std::mem::offset_of!(MaskattnBwdParams, k_tile_order) - 112usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, k_tile_order) - 120usize];
     ["Offset of field: MaskattnBwdParams::k_tile_walks"]
-        [::std::mem::offset_of!(MaskattnBwdParams, k_tile_walks) - 120usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, k_tile_walks) - 128usize];
     ["Offset of field: MaskattnBwdParams::q_tile_order"]
-        [::std::mem::offset_of!(MaskattnBwdParams, q_tile_order) - 128usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, q_tile_order) - 136usize];
     ["Offset of field: MaskattnBwdParams::q_batch_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, q_batch_stride) - 136usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, q_batch_stride) - 144usize];
     ["Offset of field: MaskattnBwdParams::q_row_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, q_row_stride) - 144usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, q_row_stride) - 152usize];
     ["Offset of field: MaskattnBwdParams::q_head_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, q_head_stride) - 152usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, q_head_stride) - 160usize];
     ["Offset of field: MaskattnBwdParams::k_batch_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, k_batch_stride) - 160usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, k_batch_stride) - 168usize];
     ["Offset of field: MaskattnBwdParams::k_row_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, k_row_stride) - 168usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, k_row_stride) - 176usize];
     ["Offset of field: MaskattnBwdParams::k_head_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, k_head_stride) - 176usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, k_head_stride) - 184usize];
     ["Offset of field: MaskattnBwdParams::v_batch_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, v_batch_stride) - 184usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, v_batch_stride) - 192usize];
     ["Offset of field: MaskattnBwdParams::v_row_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, v_row_stride) - 192usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, v_row_stride) - 200usize];
     ["Offset of field: MaskattnBwdParams::v_head_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, v_head_stride) - 200usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, v_head_stride) - 208usize];
     ["Offset of field: MaskattnBwdParams::o_batch_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, o_batch_stride) - 208usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, o_batch_stride) - 216usize];
     ["Offset of field: MaskattnBwdParams::o_row_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, o_row_stride) - 216usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, o_row_stride) - 224usize];
     ["Offset of field: MaskattnBwdParams::o_head_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, o_head_stride) - 224usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, o_head_stride) - 232usize];
     ["Offset of field: MaskattnBwdParams::do_batch_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, do_batch_stride) - 232usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, do_batch_stride) - 240usize];
     ["Offset of field: MaskattnBwdParams::do_row_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, do_row_stride) - 240usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, do_row_stride) - 248usize];
     ["Offset of field: MaskattnBwdParams::do_head_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, do_head_stride) - 248usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, do_head_stride) - 256usize];
     ["Offset of field: MaskattnBwdParams::dq_batch_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, dq_batch_stride) - 256usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, dq_batch_stride) - 264usize];
     ["Offset of field: MaskattnBwdParams::dq_row_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, dq_row_stride) - 264usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, dq_row_stride) - 272usize];
     ["Offset of field: MaskattnBwdParams::dq_head_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, dq_head_stride) - 272usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, dq_head_stride) - 280usize];
     ["Offset of field: MaskattnBwdParams::dk_batch_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, dk_batch_stride) - 280usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, dk_batch_stride) - 288usize];
     ["Offset of field: MaskattnBwdParams::dk_row_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, dk_row_stride) - 288usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, dk_row_stride) - 296usize];
     ["Offset of field: MaskattnBwdParams::dk_head_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, dk_head_stride) - 296usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, dk_head_stride) - 304usize];
     ["Offset of field: MaskattnBwdParams::dv_batch_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, dv_batch_stride) - 304usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, dv_batch_stride) - 312usize];
     ["Offset of field: MaskattnBwdParams::dv_row_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, dv_row_stride) - 312usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, dv_row_stride) - 320usize];
     ["Offset of field: MaskattnBwdParams::dv_head_stride"]
-        [::std::mem::offset_of!(MaskattnBwdParams, dv_head_stride) - 320usize];
-    ["Offset of field: MaskattnBwdParams::batch"][::std::mem::offset_of!(MaskattnBwdParams, batch) - 328usize];
-    ["Offset of field: MaskattnBwdParams::heads_q"][::std::mem::offset_of!(MaskattnBwdParams, heads_q) - 332usize];
-    ["Offset of field: MaskattnBwdParams::heads_kv"][::std::mem::offset_of!(MaskattnBwdParams, heads_kv) - 336usize];
-    ["Offset of field: MaskattnBwdParams::len_q"][::std::mem::offset_of!(MaskattnBwdParams, len_q) - 340usize];
-    ["Offset of field: MaskattnBwdParams::len_k"][::std::mem::offset_of!(MaskattnBwdParams, len_k) - 344usize];
-    ["Offset of field: MaskattnBwdParams::len_q_pad"][::std::mem::offset_of!(MaskattnBwdParams, len_q_pad) - 348usize];
-    ["Offset of field: MaskattnBwdParams::head_dim"][::std::mem::offset_of!(MaskattnBwdParams, head_dim) - 352usize];
-    ["Offset of field: MaskattnBwdParams::scale"][::std::mem::offset_of!(MaskattnBwdParams, scale) - 356usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, dv_head_stride) - 328usize];
+    ["Offset of field: MaskattnBwdParams::batch"][::std::mem::offset_of!(MaskattnBwdParams, batch) - 336usize];
+    ["Offset of field: MaskattnBwdParams::heads_q"][::std::mem::offset_of!(MaskattnBwdParams, heads_q) - 340usize];
+    ["Offset of field: MaskattnBwdParams::heads_kv"][::std::mem::offset_of!(MaskattnBwdParams, heads_kv) - 344usize];
+    ["Offset of field: MaskattnBwdParams::len_q"][::std::mem::offset_of!(MaskattnBwdParams, len_q) - 348usize];
+    ["Offset of field: MaskattnBwdParams::len_k"][::std::mem::offset_of!(MaskattnBwdParams, len_k) - 352usize];
+    ["Offset of field: MaskattnBwdParams::len_q_pad"][::std::mem::offset_of!(MaskattnBwdParams, len_q_pad) - 356usize];
+    ["Offset of field: MaskattnBwdParams::head_dim"][::std::mem::offset_of!(MaskattnBwdParams, head_dim) - 360usize];
+    ["Offset of field: MaskattnBwdParams::scale"][::std::mem::offset_of!(MaskattnBwdParams, scale) - 364usize];
     ["Offset of field: MaskattnBwdParams::scale_log2"]
-        [::std::mem::offset_of!(MaskattnBwdParams, scale_log2) - 360usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, scale_log2) - 368usize];
 };
 impl Default for MaskattnBwdParams {
     fn default() -> Self {

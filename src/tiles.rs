@@ -18,6 +18,29 @@ pub enum TileClass {
     Partial,
 }
 
+/// Which of the kernels' tile configurations runs. Each configuration fits a budget
+/// of shared memory per block; today only the backward at head dims 96 and 128 has
+/// two (see the README's GPU table), everywhere else both names run the one there is.
+///
+/// Set it with [`crate::cuda::Gpu::with_tile_config`] or
+/// [`crate::cpu::CpuOptions::tile_config`]; the backward's choice is made when its mask
+/// is uploaded, as its tables depend on the query tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TileConfig {
+    /// The pipelined configuration where it fits the device's shared memory per
+    /// block, else the compact one.
+    #[default]
+    Auto,
+    /// The backward's (Q, dO) tiles double-buffered, 64-row query tiles: the next
+    /// step's loads overlap this step's products. 117,760 B at D = 96 and 150,528 B at
+    /// D = 128 (sm_80, sm_90).
+    Pipelined,
+    /// Fits 99 KB per block (sm_86, sm_89, sm_120): the backward's (Q, dO) tiles
+    /// single-buffered, 32-row query tiles at D = 128; 91,648 B at D = 96 and 90,880 B
+    /// at D = 128.
+    Compact,
+}
+
 /// Tile sizes of a kernel: `block_m` query rows by `block_n` keys, both in
 /// `1..=2^31 - 1` (checked by [`TileShape::new`], the only way to make one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

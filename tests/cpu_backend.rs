@@ -8,7 +8,7 @@ mod common;
 use common::random_array;
 use half::bf16;
 use maskattn::cpu::{Counters, CpuBackend, CpuOptions, Schedule};
-use maskattn::tiles::{self, TileClass};
+use maskattn::tiles::{self, TileClass, TileConfig};
 use maskattn::xattention::{Tau, XAttnConfig};
 use maskattn::{Kernels, Mask};
 
@@ -110,56 +110,67 @@ fn a_launch_over_the_shared_memory_budget_is_an_error() {
 const GPU_BUDGETS: [(u32, &str); 3] = [(99 * 1024, "sm_86/89/120"), (163 * 1024, "sm_80"), (227 * 1024, "sm_90")];
 
 /// Under each GPU's budget enforced on the CPU backend, at every head dim and both
-/// dtypes: the forward, XAttention's scoring and selection, and the deterministic
-/// dQ pass run, bit for bit as without a limit; the backward's main kernel runs
-/// where its tiles fit (params.h: 84,992 / 117,760 / 150,528 bytes at D = 64 / 96 /
-/// 128) and is otherwise an `Unsupported` error naming it, returned before any
-/// backward launch.
+/// dtypes, with the configuration chosen as a GPU chooses it (`TileConfig::Auto`):
+/// the forward, XAttention's scoring and selection and the backward in both dQ modes
+/// run, bit for bit as without a limit. Forced, the pipelined backward (params.h:
+/// 84,992 / 117,760 / 150,528 bytes at D = 64 / 96 / 128) runs exactly where it fits
+/// and is otherwise an `Unsupported` error naming it, before any backward launch; the
+/// compact one runs under 99 KB, bit for bit as the pipelined one (the same products
+/// in the same order; with one key tile even the atomic dQ adds in one order).
 #[test]
 fn every_gpu_shared_memory_budget_at_every_head_dim() {
     fn check<T: maskattn::KernelElement>() {
         let mask = Mask::causal(70, 90).unwrap();
-        for (d, bwd_smem) in [(64, 84_992u32), (96, 117_760), (128, 150_528)] {
+        for (d, pipelined_smem) in [(64, 84_992u32), (96, 117_760), (128, 150_528)] {
             let (_, q) = common::rounded::<T>(random_array((1, 70, 2, d), 1));
             let (_, k) = common::rounded::<T>(random_array((1, 90, 1, d), 2));
             let (_, v) = common::rounded::<T>(random_array((1, 90, 1, d), 3));
             let (_, g) = common::rounded::<T>(random_array((1, 70, 2, d), 4));
             let cfg = XAttnConfig { stride: 8, tau: Tau::Scalar(0.9), causal: true };
             let bits = |a: &ndarray::Array4<T>| a.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<_>>();
-            // One backend per budget: forward, XAttention scores and both backward modes.
-            let run = |budget: u32| {
-                let cpu = CpuBackend::with_options(CpuOptions { max_dynamic_smem: budget, ..CpuOptions::default() });
+            let cpu = |max_dynamic_smem, tile_config| {
+                CpuBackend::with_options(CpuOptions { max_dynamic_smem, tile_config, ..CpuOptions::default() })
+            };
+            let backward = |cpu: &CpuBackend| {
+                [false, true].map(|deterministic| {
+                    cpu.attention_grad(q.view(), k.view(), v.view(), g.view(), &mask, None, deterministic)
+                        .map(|(dq, dk, dv)| [bits(&dq), bits(&dk), bits(&dv)])
+                })
+            };
+            let others = |cpu: &CpuBackend| {
                 let (out, _) = cpu.attention(q.view(), k.view(), v.view(), &mask, None).unwrap();
                 let (scores, selection) = cpu.xattn_select_blocks(q.view(), k.view(), &cfg).unwrap();
-                let bwd = [false, true].map(|deterministic| {
-                    cpu.attention_grad(q.view(), k.view(), v.view(), g.view(), &mask, None, deterministic)
-                });
-                (bits(&out), scores.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), selection, bwd)
+                (bits(&out), scores.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), selection)
             };
-            let (want_out, want_scores, want_selection, want_bwd) = run(u32::MAX);
+            let unlimited = cpu(u32::MAX, TileConfig::Pipelined);
+            let (want_others, want_bwd) = (others(&unlimited), backward(&unlimited).map(Result::unwrap));
             for (budget, gpus) in GPU_BUDGETS {
                 let what = format!("{} D = {d}, budget {budget} ({gpus})", T::KERNEL_NAME);
-                let (out, scores, selection, bwd) = run(budget);
-                assert_eq!(out, want_out, "{what}: forward");
-                assert!(scores == want_scores && selection == want_selection, "{what}: XAttention");
-                for ((deterministic, got), want) in [false, true].into_iter().zip(bwd).zip(&want_bwd) {
-                    let what = format!("{what}, deterministic {deterministic}");
-                    let want = want.as_ref().unwrap();
-                    match got {
-                        Ok((dq, dk, dv)) => {
-                            assert!(bwd_smem <= budget, "{what}: the backward ran over its budget");
-                            assert_eq!(bits(&dq), bits(&want.0), "{what}: dq");
-                            assert_eq!(bits(&dk), bits(&want.1), "{what}: dk");
-                            assert_eq!(bits(&dv), bits(&want.2), "{what}: dv");
-                        }
-                        Err(e) => {
-                            let msg = e.to_string();
-                            assert!(bwd_smem > budget, "{what}: {msg}");
-                            assert!(matches!(e, maskattn::Error::Unsupported(_)), "{what}: {msg}");
-                            assert!(
-                                msg.contains(&format!("{bwd_smem} bytes")) && msg.contains("maskattn_bwd_"),
-                                "{msg}"
-                            );
+                let auto = cpu(budget, TileConfig::Auto);
+                assert!(others(&auto) == want_others, "{what}: forward or XAttention");
+                let mut forced = vec![(TileConfig::Pipelined, cpu(budget, TileConfig::Pipelined))];
+                if budget == GPU_BUDGETS[0].0 {
+                    forced.push((TileConfig::Compact, cpu(budget, TileConfig::Compact)));
+                }
+                for (config, cpu) in std::iter::once((TileConfig::Auto, auto)).chain(forced) {
+                    for (deterministic, got) in [false, true].into_iter().zip(backward(&cpu)) {
+                        let what = format!("{what}, {config:?}, deterministic {deterministic}");
+                        let runs = config != TileConfig::Pipelined || pipelined_smem <= budget;
+                        match got {
+                            Ok(grads) => {
+                                assert!(runs, "{what}: the pipelined backward ran over its budget");
+                                assert!(grads == want_bwd[usize::from(deterministic)], "{what}: dq, dk or dv");
+                            }
+                            Err(e) => {
+                                let msg = e.to_string();
+                                assert!(!runs, "{what}: {msg}");
+                                assert!(matches!(e, maskattn::Error::Unsupported(_)), "{what}: {msg}");
+                                let kernel = format!("maskattn_bwd_{}", if deterministic { "dkdv_" } else { "" });
+                                assert!(
+                                    msg.contains(&format!("{pipelined_smem} bytes")) && msg.contains(&kernel),
+                                    "{msg}"
+                                );
+                            }
                         }
                     }
                 }
@@ -168,4 +179,55 @@ fn every_gpu_shared_memory_budget_at_every_head_dim() {
     }
     check::<bf16>();
     check::<half::f16>();
+}
+
+/// The backward's two configurations on a video mask, per head dim: the compact one
+/// does no more tensor-core work than the pipelined one (its finer query tiles skip at
+/// least as much) in as many CTAs, and both load and read shared memory
+/// without bank conflicts (the compact 32-row Q/dO tiles split their column groups
+/// over two sets of warps). The counters are printed for bench/NOTES.md.
+#[test]
+fn compact_backward_work_model() {
+    let mask = Mask::frame_block_causal(&"text:20,frames:1x576,text:31".parse().unwrap()).unwrap();
+    let (lq, lk) = (mask.len_q(), mask.len_k());
+    for d in [96, 128] {
+        let (_, q) = common::rounded::<bf16>(random_array((1, lq, 2, d), 61));
+        let (_, k) = common::rounded::<bf16>(random_array((1, lk, 1, d), 62));
+        let (_, v) = common::rounded::<bf16>(random_array((1, lk, 1, d), 63));
+        let (_, g) = common::rounded::<bf16>(random_array((1, lq, 2, d), 64));
+        for deterministic in [false, true] {
+            let counters = [TileConfig::Pipelined, TileConfig::Compact].map(|tile_config| {
+                let cpu = CpuBackend::with_options(CpuOptions { tile_config, ..CpuOptions::default() });
+                // The forward runs first; count from a second call's backward only.
+                cpu.attention_grad(q.view(), k.view(), v.view(), g.view(), &mask, None, deterministic).unwrap();
+                let all = cpu.counters();
+                cpu.reset_counters();
+                cpu.attention(q.view(), k.view(), v.view(), &mask, None).unwrap();
+                let fwd = cpu.counters();
+                let sub = |a: u64, b: u64| a - b;
+                Counters {
+                    ctas: sub(all.ctas, fwd.ctas),
+                    mma: sub(all.mma, fwd.mma),
+                    ldmatrix: sub(all.ldmatrix, fwd.ldmatrix),
+                    ldmatrix_conflicts: sub(all.ldmatrix_conflicts, fwd.ldmatrix_conflicts),
+                    cp_async: sub(all.cp_async, fwd.cp_async),
+                    cp_async_zero_fill: sub(all.cp_async_zero_fill, fwd.cp_async_zero_fill),
+                    bytes_global_to_shared: sub(all.bytes_global_to_shared, fwd.bytes_global_to_shared),
+                    cp_async_conflicts: sub(all.cp_async_conflicts, fwd.cp_async_conflicts),
+                    barriers: sub(all.barriers, fwd.barriers),
+                    warp_syncs: sub(all.warp_syncs, fwd.warp_syncs),
+                    key_tiles: [0, 1, 2].map(|i| sub(all.key_tiles[i], fwd.key_tiles[i])),
+                    races: all.races,
+                }
+            });
+            let [pipelined, compact] = &counters;
+            println!("D = {d}, deterministic {deterministic}:\n  pipelined {pipelined:?}\n  compact   {compact:?}");
+            let what = format!("D = {d}, deterministic {deterministic}");
+            assert!(compact.mma <= pipelined.mma && compact.mma > 0, "{what}: mma.sync");
+            assert_eq!(compact.ctas, pipelined.ctas, "{what}: CTAs");
+            for c in &counters {
+                assert_eq!((c.ldmatrix_conflicts, c.cp_async_conflicts), (0, 0), "{what}: bank conflicts {c:?}");
+            }
+        }
+    }
 }

@@ -8,7 +8,9 @@
 //! computes in that dtype), flash-attention's own criterion. The deterministic mode must
 //! also be bit-identical between two runs (on the CPU backend the second run has
 //! another schedule seed: other warp interleavings and CTA orders). 100 cases on the
-//! CPU backend, 200 on a GPU, fixed seed; MASKATTN_GPU_FUZZ_CASES for more.
+//! CPU backend, 200 on a GPU, fixed seed; MASKATTN_GPU_FUZZ_CASES for more. Half the
+//! cases force the compact tile configuration (on the CPU backend under the 99 KB
+//! budget of sm_86/89/120), as do three of the sanitizer cases.
 //! The device-pointer API (`Gpu::attention_backward` with given O and LSE: the
 //! reference forward's, strided layouts, its own input checks) is tested on a GPU only.
 #![cfg(any(feature = "cuda", feature = "cpu"))]
@@ -17,6 +19,7 @@ mod common;
 
 use common::{max_abs_diff, random_array};
 use half::{bf16, f16};
+use maskattn::tiles::TileConfig;
 use maskattn::{reference, Element, Mask, VideoLayout};
 use maskattn::{KernelElement, Kernels};
 use ndarray::Array4;
@@ -31,6 +34,9 @@ struct Case {
     bf16: bool,
     scale: Option<f64>,
     deterministic: bool,
+    /// The compact tile configuration (the one 99 KB GPUs run at D = 96 and 128),
+    /// forced, under a 99 KB budget on the CPU backend.
+    compact: bool,
     seed: u64,
 }
 
@@ -51,9 +57,10 @@ fn arb_case(b: &str) -> BoxedStrategy<Case> {
         any::<bool>(),
         prop::option::weighted(0.2, 0.05f64..0.5),
         any::<bool>(),
+        any::<bool>(),
         any::<u64>(),
     )
-        .prop_map(move |(mask, batch, heads, head_dim, bf16, scale, deterministic, seed)| {
+        .prop_map(move |(mask, batch, heads, head_dim, bf16, scale, deterministic, compact, seed)| {
             // Keep the f64 reference and the plain backward affordable on long masks.
             let scores = mask.len_q() * mask.len_k();
             let (batch, heads) = if scores > 200_000 { (1, (heads.0.min(2), 1)) } else { (batch, heads) };
@@ -64,7 +71,7 @@ fn arb_case(b: &str) -> BoxedStrategy<Case> {
             } else {
                 (1, (heads.0.min(2), 1))
             };
-            Case { mask, batch, heads, head_dim, bf16, scale, deterministic, seed }
+            Case { mask, batch, heads, head_dim, bf16, scale, deterministic, compact, seed }
         })
         .boxed()
 }
@@ -171,32 +178,57 @@ fn bits<T: Element>(a: &Array4<T>) -> Vec<u64> {
     a.iter().map(|x| x.to_f64().to_bits()).collect()
 }
 
-/// The handle of the second run of the bit-identity check: on the CPU backend one
-/// with another schedule seed (warps and CTAs run in another order, so an
-/// order-dependent dQ would show), on a GPU the same device.
-trait Rerun: Kernels {
+/// Other handles of the same backend: the one of the second run of the bit-identity
+/// check (on the CPU backend with another schedule seed: warps and CTAs run in another
+/// order, so an order-dependent dQ would show; on a GPU the same device), and the one
+/// forced to the compact tile configuration (on the CPU backend under the 99 KB
+/// budget of sm_86/89/120, which the compact kernels must fit).
+trait Handles: Kernels {
     fn rerun(&self) -> &Self;
+    fn compact(&self) -> &Self;
 }
 
 #[cfg(feature = "cpu")]
-impl Rerun for maskattn::cpu::CpuBackend {
+impl Handles for maskattn::cpu::CpuBackend {
     fn rerun(&self) -> &Self {
-        static OTHER: std::sync::OnceLock<maskattn::cpu::CpuBackend> = std::sync::OnceLock::new();
-        OTHER.get_or_init(|| {
-            let options = maskattn::cpu::CpuOptions { seed: self.options().seed ^ 0x5eed_5eed, ..self.options() };
+        use std::sync::OnceLock;
+        static OTHER: [OnceLock<maskattn::cpu::CpuBackend>; 2] = [OnceLock::new(), OnceLock::new()];
+        let options = self.options();
+        OTHER[usize::from(options.tile_config == TileConfig::Compact)].get_or_init(|| {
+            maskattn::cpu::CpuBackend::with_options(maskattn::cpu::CpuOptions {
+                seed: options.seed ^ 0x5eed_5eed,
+                ..options
+            })
+        })
+    }
+
+    fn compact(&self) -> &Self {
+        static COMPACT: std::sync::OnceLock<maskattn::cpu::CpuBackend> = std::sync::OnceLock::new();
+        COMPACT.get_or_init(|| {
+            let options = maskattn::cpu::CpuOptions {
+                tile_config: TileConfig::Compact,
+                max_dynamic_smem: 99 * 1024,
+                ..self.options()
+            };
             maskattn::cpu::CpuBackend::with_options(options)
         })
     }
 }
 
 #[cfg(feature = "cuda")]
-impl Rerun for maskattn::cuda::Gpu {
+impl Handles for maskattn::cuda::Gpu {
     fn rerun(&self) -> &Self {
         self
     }
+
+    fn compact(&self) -> &Self {
+        static COMPACT: std::sync::OnceLock<maskattn::cuda::Gpu> = std::sync::OnceLock::new();
+        COMPACT.get_or_init(|| self.clone().with_tile_config(TileConfig::Compact))
+    }
 }
 
-fn check<K: Rerun, T: KernelElement>(kernels: &K, c: &Case) -> Result<(), TestCaseError> {
+fn check<K: Handles, T: KernelElement>(kernels: &K, c: &Case) -> Result<(), TestCaseError> {
+    let kernels = if c.compact { kernels.compact() } else { kernels };
     let (hq, hkv) = c.heads;
     let (lq, lk, d) = (c.mask.len_q(), c.mask.len_k(), c.head_dim);
     let (q64, q) = common::rounded::<T>(random_array((c.batch, lq, hq, d), c.seed) * 1.5);
@@ -251,11 +283,17 @@ fn sanitizer_subset_bwd() {
 fn sanitizer_cases() -> Vec<Case> {
     let mut cases = Vec::new();
     for (i, mask) in common::sanitizer_masks().into_iter().enumerate() {
-        for (head_dim, bf16, deterministic) in
-            [(64, true, false), (96, false, true), (128, true, true), (128, false, false)]
-        {
+        for (head_dim, bf16, deterministic, compact) in [
+            (64, true, false, false),
+            (96, false, true, false),
+            (128, true, true, false),
+            (128, false, false, false),
+            (96, true, false, true),
+            (128, false, true, true),
+            (128, true, false, true),
+        ] {
             let (batch, heads, scale, seed) = (2, (4, 2), None, i as u64);
-            cases.push(Case { mask: mask.clone(), batch, heads, head_dim, bf16, scale, deterministic, seed });
+            cases.push(Case { mask: mask.clone(), batch, heads, head_dim, bf16, scale, deterministic, compact, seed });
         }
     }
     cases
@@ -281,6 +319,55 @@ fn atomic_and_deterministic_modes_agree() {
         let (x, y) = (a.0.mapv(|e| e.to_f64()), det.0.mapv(|e| e.to_f64()));
         let magnitude = y.iter().fold(0.0f64, |m, e| m.max(e.abs()));
         assert!(max_abs_diff(&x, &y) <= 1e-2 * magnitude, "{backend}: dq modes differ by {:e}", max_abs_diff(&x, &y));
+    });
+}
+
+/// The compact configuration computes the pipelined one's products in the same order
+/// (its 32-row query tiles at D = 128 split each step's k16 steps over queries in two,
+/// in order): dK, dV and the deterministic dQ are bit-identical to the pipelined
+/// ones, the atomic dQ equal to the order of its additions. Several key tiles, GQA.
+#[test]
+fn compact_and_pipelined_configurations_agree() {
+    each_backend!(|backend, kernels| {
+        let mask = Mask::frame_block_causal(&"text:9,frames:2x100,text:13".parse().unwrap()).unwrap();
+        let (b, hq, hkv) = (1, 4, 2);
+        let (lq, lk) = (mask.len_q(), mask.len_k());
+        for d in [96, 128] {
+            let (_, q) = common::rounded::<f16>(random_array((b, lq, hq, d), 51));
+            let (_, k) = common::rounded::<f16>(random_array((b, lk, hkv, d), 52));
+            let (_, v) = common::rounded::<f16>(random_array((b, lk, hkv, d), 53));
+            let (_, d_out) = common::rounded::<f16>(random_array((b, lq, hq, d), 54));
+            for deterministic in [false, true] {
+                let grad = |handle: &_| {
+                    Kernels::attention_grad(
+                        handle,
+                        q.view(),
+                        k.view(),
+                        v.view(),
+                        d_out.view(),
+                        &mask,
+                        None,
+                        deterministic,
+                    )
+                    .unwrap()
+                };
+                let (pipelined, compact) = (grad(kernels), grad(kernels.compact()));
+                let what = format!("{backend} D = {d}, deterministic {deterministic}");
+                assert!(bits(&pipelined.1) == bits(&compact.1), "{what}: dk");
+                assert!(bits(&pipelined.2) == bits(&compact.2), "{what}: dv");
+                if deterministic {
+                    assert!(bits(&pipelined.0) == bits(&compact.0), "{what}: dq");
+                } else {
+                    let (x, y) = (pipelined.0.mapv(|e| e.to_f64()), compact.0.mapv(|e| e.to_f64()));
+                    let magnitude = y.iter().fold(0.0f64, |m, e| m.max(e.abs()));
+                    assert!(
+                        max_abs_diff(&x, &y) <= 1e-2 * magnitude,
+                        "{what}: dq differs by {:e}",
+                        max_abs_diff(&x, &y)
+                    );
+                }
+            }
+        }
     });
 }
 
@@ -426,6 +513,7 @@ mod device {
     }
 
     fn given_reference_forward<T: KernelElement>(gpu: &Gpu, c: &Case) -> Result<(), TestCaseError> {
+        let gpu = if c.compact { gpu.compact() } else { gpu };
         let (hq, hkv) = c.heads;
         let (lq, lk, d) = (c.mask.len_q(), c.mask.len_k(), c.head_dim);
         let (q64, q) = common::rounded::<T>(random_array((c.batch, lq, hq, d), c.seed) * 1.5);

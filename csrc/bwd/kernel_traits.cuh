@@ -1,7 +1,7 @@
-// Tile sizes of the backward kernels per element type and head dim. The numbers come
-// from params.h (MASKATTN_BWD_*), which the Rust launcher reads too; this file
-// derives the per-warp fragment counts and the shared-memory map, and checks that the
-// two agree.
+// Tile sizes of the backward kernels per element type, head dim and configuration. The
+// numbers come from params.h (MASKATTN_BWD_*), which the Rust launcher reads too; this
+// file derives the per-warp fragment counts and the shared-memory map, and the entry
+// points check that the two agree.
 #pragma once
 
 #include "fwd/smem_layout.cuh"
@@ -17,25 +17,30 @@ namespace bwd {
 // and dS^T come out of the mma accumulators already in the A-operand layout of
 // dV += P^T dO and dK += dS^T Q (no shared-memory round trip). Only dQ = dS K needs
 // dS with the queries as rows: it goes through shared memory as dS^T.
-template <typename Elem_, int D>
+//
+// BM query rows per step of the walk; Stages buffers of (Q, dO, row data): 2 overlaps
+// the next step's loads with this step's products, 1 (the compact configuration for
+// 99 KB parts) issues them once every warp has read this step's.
+template <typename Elem_, int D, int BM, int Stages>
 struct BwdTraits {
     static_assert(D == 64 || D == 96 || D == 128, "head dims 64, 96, 128");
     static_assert(sizeof(Elem_) == 2, "16-bit elements");
+    static_assert(Stages == 1 || Stages == 2, "single or double buffer");
     using Elem = Elem_;
 
     static constexpr int kHeadDim = D;
     static constexpr int kThreads = MASKATTN_BWD_THREADS;
     static constexpr int kWarps = kThreads / 32;
-    static constexpr int kBlockM = MASKATTN_BWD_BLOCK_M;  // query rows per step of the walk
+    static constexpr int kBlockM = BM;
     static constexpr int kBlockN = MASKATTN_BWD_BLOCK_N;  // keys per CTA
-    static constexpr int kSmemBytes = D == 64   ? MASKATTN_BWD_SMEM_D64
-                                      : D == 96 ? MASKATTN_BWD_SMEM_D96
-                                                : MASKATTN_BWD_SMEM_D128;
+    static constexpr int kStages = Stages;
+    static_assert(MASKATTN_BWD_DQ_BLOCK_M % BM == 0, "len_q_pad (a multiple of the dQ pass's tile) covers BM");
     // One CTA per SM: dK and dV of 16 keys x D in registers (D / 2 + D / 2 per thread)
     // plus S^T and dP^T (BLOCK_M / 4 each) need close to 255 registers at D = 128.
     static constexpr int kMinBlocksPerSm = 1;
 
     static_assert(kBlockN == 16 * kWarps, "one m16 fragment of keys per warp");
+    static_assert(kBlockM % 32 == 0, "dP^T in two halves of whole k16 steps");
     static constexpr int kQFrags = kBlockM / 8;  // n8 fragments of S^T (queries) per warp
     static constexpr int kDFrags = D / 8;        // n8 fragments of dK, dV per warp
 
@@ -51,17 +56,16 @@ struct BwdTraits {
     using KTile = fwd::SwizzledTile<kBlockN, D>;        // K and V, [key][d]
     using DsTile = fwd::SwizzledTile<kBlockN, kBlockM>;  // dS^T, [key][query]
 
-    // Dynamic shared memory: K | V | (Q | dO) x 2 | dS^T | row data x 2.
+    // Dynamic shared memory: K | V | (Q | dO) x Stages | dS^T | row data x Stages.
     static constexpr uint32_t kOffK = 0;
     static constexpr uint32_t kOffV = KTile::kBytes;
     static constexpr uint32_t kOffQ = 2 * KTile::kBytes;  // buffer 0; dO follows Q
     static constexpr uint32_t kQdoBufferBytes = 2 * QTile::kBytes;
-    static constexpr uint32_t kOffDs = kOffQ + 2 * kQdoBufferBytes;
+    static constexpr uint32_t kOffDs = kOffQ + Stages * kQdoBufferBytes;
     static constexpr uint32_t kOffRows = kOffDs + DsTile::kBytes;
     // Per buffer: int4 intervals [BLOCK_M], float lse2 [BLOCK_M], float delta [BLOCK_M].
     static constexpr uint32_t kRowBufferBytes = kBlockM * 24;
-    static_assert(kSmemBytes == int(kOffRows + 2 * kRowBufferBytes),
-                  "params.h MASKATTN_BWD_SMEM_* = K, V + 2 x (Q, dO) + dS^T + 2 x row data");
+    static constexpr int kSmemBytes = int(kOffRows + Stages * kRowBufferBytes);
     static_assert(kBlockM + kBlockM / 2 <= kThreads, "one thread per 16-byte chunk of row data");
 };
 
@@ -85,7 +89,6 @@ struct BwdDqTraits {
 
     static constexpr int kWarpRows = kBlockM / kWarps;
     static_assert(kWarpRows == 16, "one m16 fragment of query rows per warp");
-    static_assert(kBlockM == MASKATTN_BWD_BLOCK_M, "the main kernel's query tiles (and summaries)");
     static constexpr int kNFrags = kBlockN / 8;
     static constexpr int kDFrags = D / 8;
 

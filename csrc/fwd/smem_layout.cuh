@@ -44,17 +44,26 @@ struct SwizzledTile {
 // lane l taking row l % 8 and chunk l / 8: each 8-lane phase writes one chunk
 // column of 8 consecutive rows, the conflict-free pattern above. A thread keeps
 // its row modulo 8 and its chunk modulo 4, so every copy after the first is at a
-// constant offset from its first; each 32-row pass computes its own 64-bit row
-// offset from the (per-tile) row index, leaving nothing loop-invariant for the
-// compiler to hoist out of the key loop into registers.
+// constant offset from its first; each pass computes its own 64-bit row offset
+// from the (per-tile) row index, leaving nothing loop-invariant for the compiler
+// to hoist out of the key loop into registers. A tile of fewer rows than the
+// block's warps cover (8 each) splits its 4-chunk column groups among kColSplit
+// sets of warps instead.
 template <class Tile, int kThreads, typename Elem>
 __device__ __forceinline__ void load_tile_async(uint32_t tile, const Elem *__restrict__ base, int64_t row_stride,
                                                 int32_t first_row, int32_t end_row, int tid) {
-    constexpr int kRowsPerPass = kThreads / 4;
-    static_assert(kThreads % 32 == 0 && Tile::kRows % kRowsPerPass == 0 && Tile::kChunks % 4 == 0,
+    constexpr int kBlockRows = kThreads / 4;
+    constexpr int kColSplit = kBlockRows > Tile::kRows ? kBlockRows / Tile::kRows : 1;
+    constexpr int kRowsPerPass = kBlockRows / kColSplit;
+    constexpr int kQuads = Tile::kChunks / 4 / kColSplit;  // column groups per thread and pass
+    static_assert(kThreads % 32 == 0 && Tile::kRows % kRowsPerPass == 0 && Tile::kChunks % (4 * kColSplit) == 0,
                   "whole passes of 8 rows x 4 chunks per warp");
-    const int r = (tid / 32) * 8 + tid % 8;
-    const uint32_t c = (tid % 32) / 8;  // unsigned: the column offset then needs no 64-bit register
+    // With kColSplit == 1 this is exactly warp * 8 + lane % 8 and chunk lane / 8: the
+    // compiler cannot know that tid < kThreads, and the wider form costs a register.
+    const int warp = tid / 32, warps_per_set = kRowsPerPass / 8;
+    const int r = (kColSplit == 1 ? warp : warp % warps_per_set) * 8 + tid % 8;
+    // unsigned: the column offset then needs no 64-bit register
+    const uint32_t c = (tid % 32) / 8 + (kColSplit == 1 ? 0u : 4 * uint32_t(warp / warps_per_set));
     const uint32_t dst = tile + Tile::offset(r, c);
 #pragma unroll
     for (int pass = 0; pass < Tile::kRows / kRowsPerPass; ++pass) {
@@ -62,9 +71,11 @@ __device__ __forceinline__ void load_tile_async(uint32_t tile, const Elem *__res
         const bool valid = row < end_row;
         // A zero-filled row reads nothing but still gets an address inside the tensor.
         const Elem *src = base + c * 8 + (valid ? int64_t(row) * row_stride : 0);
+        // offset(r + R, c + C) = offset(r, c) + offset(R, C) for R % 8 == 0, C % 4 == 0.
 #pragma unroll
-        for (int quad = 0; quad < Tile::kChunks / 4; ++quad)
-            cp_async_16(dst + Tile::offset(pass * kRowsPerPass, quad * 4), src + quad * 32, valid);
+        for (int quad = 0; quad < kQuads; ++quad)
+            cp_async_16(dst + Tile::offset(pass * kRowsPerPass, quad * 4 * kColSplit), src + quad * 32 * kColSplit,
+                        valid);
     }
 }
 

@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use crate::error::{Error, Result};
 use crate::ffi;
 use crate::launch::{Backend, KernelArgs, KernelLaunch, Scalar};
+use crate::tiles::TileConfig;
 
 /// How the warps of each CTA are interleaved between synchronization points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,11 +66,21 @@ pub struct CpuOptions {
     /// for an A100, 99 KB for sm_86/89/120). A launch needing more returns
     /// [`crate::Error::Unsupported`], as on a GPU with that budget.
     pub max_dynamic_smem: u32,
+    /// The tile configuration ([`TileConfig::Auto`]: chosen from `max_dynamic_smem`, as
+    /// a GPU chooses from its budget).
+    pub tile_config: TileConfig,
 }
 
 impl Default for CpuOptions {
     fn default() -> Self {
-        Self { seed: 0, schedule: Schedule::Random, workers: 0, early_landing: false, max_dynamic_smem: 227 * 1024 }
+        Self {
+            seed: 0,
+            schedule: Schedule::Random,
+            workers: 0,
+            early_landing: false,
+            max_dynamic_smem: 227 * 1024,
+            tile_config: TileConfig::Auto,
+        }
     }
 }
 
@@ -338,6 +349,10 @@ impl Backend for CpuBackend {
 
     fn smem_budget(&self) -> u32 {
         self.options.max_dynamic_smem
+    }
+
+    fn tile_config(&self) -> TileConfig {
+        self.options.tile_config
     }
 
     unsafe fn start<P: KernelArgs>(&self, l: &KernelLaunch<P>) -> Result<()> {

@@ -9,9 +9,9 @@
 //!    atomic mode it also zeroes the `f32` dQ accumulator `[B, Hq, Lq, D]`.
 //! 2. Main kernel, one CTA per (batch, kv head, key tile of 128 keys), heaviest walk
 //!    first: K and V loaded once; for each query head of the GQA group and each query
-//!    tile (64 rows) of the key tile's walk, the pair is classified with the query
-//!    tile's summary (EMPTY skipped without loading Q or dO, FULL without a mask,
-//!    PARTIAL masked per element), then `P = exp2(S scale log2(e) - LSE2)`,
+//!    tile (64 rows; 32 in the compact configuration at D = 128) of the key tile's
+//!    walk, the pair is classified with the query tile's summary (EMPTY skipped
+//!    without loading Q or dO, FULL without a mask, PARTIAL masked per element), then `P = exp2(S scale log2(e) - LSE2)`,
 //!    `dV += P^T dO`, `dP = dO V^T`, `dS = P (dP - D)`, `dK += dS^T Q`; dK (times the
 //!    scale) and dV are written once, summed over the group in registers (no atomics).
 //! 3. dQ, one of two ways:
@@ -40,7 +40,7 @@ use ndarray::{Array4, ArrayView4};
 use super::attention::{buf_arg, DeviceTensor, DeviceTensorMut};
 use super::Gpu;
 use crate::error::Result;
-use crate::launch::backward::{BackwardArgs, BackwardMask};
+use crate::launch::backward::{BackwardArgs, BackwardMask, BackwardTiles};
 use crate::launch::{self, KernelElement};
 use crate::mask::Mask;
 
@@ -60,10 +60,19 @@ impl DeviceBackwardMask {
     pub fn len_k(&self) -> usize {
         self.0.len_k()
     }
+
+    /// The kernels' configuration this mask was uploaded for (its query tiles and
+    /// shared memory), chosen from the handle's [`Gpu::tile_config`] and
+    /// [`Gpu::smem_budget`].
+    pub fn tiles(&self) -> BackwardTiles {
+        self.0.tiles()
+    }
 }
 
 impl Gpu {
-    /// Uploads a mask for the backward kernels at head dim `head_dim`.
+    /// Uploads a mask for the backward kernels at head dim `head_dim`, with the tables
+    /// of the configuration this handle runs ([`Gpu::with_tile_config`]; by default
+    /// the pipelined one where it fits [`Gpu::smem_budget`], else the compact one).
     pub fn upload_backward_mask(&self, mask: &Mask, head_dim: usize) -> Result<DeviceBackwardMask> {
         Ok(DeviceBackwardMask(BackwardMask::new(self, mask, head_dim)?))
     }
@@ -100,7 +109,10 @@ impl Gpu {
     /// Errors, all before any launch: shapes that disagree (with each other, the mask,
     /// `lse`'s length), a head dim other than 64, 96 and 128, a scale that is not
     /// positive and finite, strides that are not multiples of 8 elements, bases not
-    /// 16-byte aligned, buffers too short, outputs whose rows overlap.
+    /// 16-byte aligned, buffers too short, outputs whose rows overlap, a mask
+    /// uploaded for a configuration that needs more shared memory than the device
+    /// has (a forced [`TileConfig::Pipelined`](crate::tiles::TileConfig) on a 99 KB
+    /// part).
     #[allow(clippy::too_many_arguments)]
     pub fn attention_backward<T: KernelElement>(
         &self,

@@ -13,7 +13,7 @@ use cudarc::nvrtc::Ptx;
 use crate::error::{Error, Result};
 use crate::launch::{self, Backend, KernelArgs, KernelLaunch, Scalar};
 use crate::mask::Mask;
-use crate::tiles::{TileClass, TileShape, TileSummary};
+use crate::tiles::{TileClass, TileConfig, TileShape, TileSummary};
 
 /// Every kernel of csrc/, compiled by build.rs: SASS for sm_80 and sm_90a, PTX for
 /// compute_80 (the driver JITs it on newer GPUs).
@@ -61,6 +61,7 @@ pub struct Gpu {
     module: Arc<CudaModule>,
     /// The device's opt-in maximum of dynamic shared memory per block.
     smem_budget: u32,
+    tile_config: TileConfig,
 }
 
 impl Gpu {
@@ -79,7 +80,7 @@ impl Gpu {
         let ctx = stream.context();
         let module = ctx.load_module(Ptx::from_binary(FATBIN.to_vec()))?;
         let smem_budget = ctx.attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?.max(0) as u32;
-        Ok(Self { stream, module, smem_budget })
+        Ok(Self { stream, module, smem_budget, tile_config: TileConfig::Auto })
     }
 
     /// The stream every launch and copy of this handle goes to.
@@ -97,6 +98,28 @@ impl Gpu {
     /// [`Error::Unsupported`] before anything runs.
     pub fn smem_budget(&self) -> u32 {
         self.smem_budget
+    }
+
+    /// This handle with the kernels' tile configuration forced to `config` (the
+    /// default, [`TileConfig::Auto`], picks the largest that fits
+    /// [`Gpu::smem_budget`]). A forced configuration that does not fit is
+    /// [`Error::Unsupported`] at the launch. Masks uploaded before keep the
+    /// configuration they were uploaded for.
+    ///
+    /// ```no_run
+    /// use maskattn::tiles::TileConfig;
+    /// let gpu = maskattn::cuda::Gpu::new(0)?.with_tile_config(TileConfig::Compact);
+    /// assert_eq!(gpu.tile_config(), TileConfig::Compact);
+    /// # Ok::<(), maskattn::Error>(())
+    /// ```
+    pub fn with_tile_config(mut self, config: TileConfig) -> Self {
+        self.tile_config = config;
+        self
+    }
+
+    /// The tile configuration asked for (see [`Gpu::with_tile_config`]).
+    pub fn tile_config(&self) -> TileConfig {
+        self.tile_config
     }
 
     /// (major, minor) compute capability.
@@ -191,6 +214,10 @@ impl Backend for Gpu {
 
     fn smem_budget(&self) -> u32 {
         self.smem_budget
+    }
+
+    fn tile_config(&self) -> TileConfig {
+        self.tile_config
     }
 
     unsafe fn start<P: KernelArgs>(&self, l: &KernelLaunch<P>) -> Result<()> {

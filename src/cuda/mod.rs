@@ -21,7 +21,7 @@ mod ptxas;
 mod rope;
 mod xattention;
 
-pub use crate::launch::backward::backward_tiles;
+pub use crate::launch::backward::{backward_tiles, BackwardTiles};
 pub use crate::launch::xattn::{XAttnOutput, XATTN_HEAD_DIMS, XATTN_MAX_KEY_BLOCKS, XATTN_SCRATCH_BUDGET};
 pub use crate::launch::{KernelElement, Layout4};
 pub use attention::{DeviceMask, DeviceTensor, DeviceTensorMut};

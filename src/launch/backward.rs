@@ -14,26 +14,69 @@ use crate::error::{Error, Result};
 use crate::ffi;
 use crate::mask::Mask;
 use crate::shape::AttnShape;
-use crate::tiles::{self, TileShape, TileSummary};
+use crate::tiles::{self, TileConfig, TileShape, TileSummary};
 
-/// The backward kernels' tiles at head dim `head_dim` (csrc/params.h): the main
-/// kernel's (`MASKATTN_BWD_BLOCK_M` query rows by `MASKATTN_BWD_BLOCK_N` keys, the
-/// tiles its walks are made of) and the deterministic dQ pass's.
-pub fn backward_tiles(head_dim: usize) -> Result<(TileShape, TileShape)> {
-    if ![64, 96, 128].contains(&head_dim) {
-        return Err(Error::Unsupported(format!("head dim {head_dim}: the kernels support 64, 96 and 128")));
-    }
-    Ok((
-        TileShape::new(ffi::MASKATTN_BWD_BLOCK_M as usize, ffi::MASKATTN_BWD_BLOCK_N as usize)?,
-        TileShape::new(ffi::MASKATTN_BWD_DQ_BLOCK_M as usize, ffi::MASKATTN_BWD_DQ_BLOCK_N as usize)?,
-    ))
+/// One configuration of the backward kernels at one head dim (csrc/params.h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackwardTiles {
+    /// The main kernel's tiles: query rows per step of a key tile's walk
+    /// (`MASKATTN_BWD_BLOCK_M`, or the compact `MASKATTN_BWD_COMPACT_BLOCK_M_D*`) by
+    /// keys per CTA (`MASKATTN_BWD_BLOCK_N`).
+    pub main: TileShape,
+    /// The deterministic dQ pass's tiles (the same in every configuration).
+    pub dq: TileShape,
+    /// What runs: [`TileConfig::Pipelined`] or [`TileConfig::Compact`], never `Auto`.
+    pub config: TileConfig,
+    /// Dynamic shared memory per block of the main kernel, bytes.
+    pub main_smem: u32,
+    /// Dynamic shared memory per block of the dQ pass, bytes.
+    pub dq_smem: u32,
+}
+
+/// The backward kernels' configuration at head dim `head_dim` for `config` on a
+/// device allowing `smem_budget` bytes of shared memory per block: `Auto` is the
+/// pipelined configuration where it fits, else the compact one. At D = 64 the
+/// pipelined kernels (84,992 B) fit every budget and are the only ones.
+pub fn backward_tiles(head_dim: usize, config: TileConfig, smem_budget: u32) -> Result<BackwardTiles> {
+    let (pipelined_smem, compact, dq_smem) = match head_dim {
+        64 => (ffi::MASKATTN_BWD_SMEM_D64, None, ffi::MASKATTN_BWD_DQ_SMEM_D64),
+        96 => (
+            ffi::MASKATTN_BWD_SMEM_D96,
+            Some((ffi::MASKATTN_BWD_COMPACT_BLOCK_M_D96, ffi::MASKATTN_BWD_COMPACT_SMEM_D96)),
+            ffi::MASKATTN_BWD_DQ_SMEM_D96,
+        ),
+        128 => (
+            ffi::MASKATTN_BWD_SMEM_D128,
+            Some((ffi::MASKATTN_BWD_COMPACT_BLOCK_M_D128, ffi::MASKATTN_BWD_COMPACT_SMEM_D128)),
+            ffi::MASKATTN_BWD_DQ_SMEM_D128,
+        ),
+        _ => return Err(Error::Unsupported(format!("head dim {head_dim}: the kernels support 64, 96 and 128"))),
+    };
+    let want_compact = match config {
+        TileConfig::Auto => pipelined_smem > smem_budget,
+        TileConfig::Pipelined => false,
+        TileConfig::Compact => true,
+    };
+    let (block_m, main_smem, config) = match compact {
+        Some((block_m, smem)) if want_compact => (block_m, smem, TileConfig::Compact),
+        _ => (ffi::MASKATTN_BWD_BLOCK_M, pipelined_smem, TileConfig::Pipelined),
+    };
+    Ok(BackwardTiles {
+        main: TileShape::new(block_m as usize, ffi::MASKATTN_BWD_BLOCK_N as usize)?,
+        dq: TileShape::new(ffi::MASKATTN_BWD_DQ_BLOCK_M as usize, ffi::MASKATTN_BWD_DQ_BLOCK_N as usize)?,
+        config,
+        main_smem,
+        dq_smem,
+    })
 }
 
 /// What the host prepares for the backward kernels from a mask.
 #[derive(Debug, Clone)]
 struct BackwardTables {
-    /// Per query tile of the main kernel (= the dQ pass's query tiles).
+    /// Per query tile of the main kernel.
     summaries: Vec<TileSummary>,
+    /// Per query tile of the dQ pass, where its tiles are not the main kernel's.
+    dq_summaries: Option<Vec<TileSummary>>,
     /// Per key tile: the query tiles `[begin, end)` it walks.
     walks: Vec<[i32; 2]>,
     /// Key tiles, longest walk first (ties by index).
@@ -43,11 +86,13 @@ struct BackwardTables {
 }
 
 impl BackwardTables {
-    fn new(mask: &Mask, main: TileShape, dq: TileShape) -> Self {
-        let (bm, bn) = (main.block_m(), main.block_n());
-        debug_assert_eq!(bm, dq.block_m(), "the dQ pass shares the main kernel's query tiles");
-        let summaries: Vec<TileSummary> =
-            (0..mask.len_q().div_ceil(bm)).map(|qt| tiles::summarize(mask, qt * bm..(qt + 1) * bm)).collect();
+    fn new(mask: &Mask, cfg: &BackwardTiles) -> Self {
+        let (bm, bn) = (cfg.main.block_m(), cfg.main.block_n());
+        let summaries_of = |bm: usize| -> Vec<TileSummary> {
+            (0..mask.len_q().div_ceil(bm)).map(|qt| tiles::summarize(mask, qt * bm..(qt + 1) * bm)).collect()
+        };
+        let summaries = summaries_of(bm);
+        let dq_summaries = (cfg.dq.block_m() != bm).then(|| summaries_of(cfg.dq.block_m()));
         // The transpose of the forward's walk: key tile kt walks the hull of the query
         // tiles whose key-tile range contains it.
         let mut walks: Vec<Option<[i32; 2]>> = vec![None; mask.len_k().div_ceil(bn)];
@@ -59,7 +104,7 @@ impl BackwardTables {
         let walks: Vec<[i32; 2]> = walks.into_iter().map(|w| w.unwrap_or([0, 0])).collect();
         let mut k_tile_order: Vec<i32> = (0..walks.len() as i32).collect();
         k_tile_order.sort_by_key(|&kt| std::cmp::Reverse(walks[kt as usize][1] - walks[kt as usize][0]));
-        Self { summaries, walks, k_tile_order, q_tile_order: tiles::query_tile_order(mask, dq) }
+        Self { summaries, dq_summaries, walks, k_tile_order, q_tile_order: tiles::query_tile_order(mask, cfg.dq) }
     }
 }
 
@@ -70,12 +115,14 @@ impl BackwardTables {
 pub(crate) struct BackwardMask<B: Backend> {
     intervals: B::Buf<i32>,
     summaries: B::Buf<TileSummary>,
+    dq_summaries: Option<B::Buf<TileSummary>>,
     walks: B::Buf<i32>,
     k_tile_order: B::Buf<i32>,
     q_tile_order: B::Buf<i32>,
     len_q: usize,
     len_k: usize,
     head_dim: usize,
+    tiles: BackwardTiles,
 }
 
 /// A [`BackwardMask`] as the plan sees it.
@@ -83,20 +130,22 @@ pub(crate) struct BackwardMask<B: Backend> {
 pub(crate) struct BackwardMaskArgs {
     intervals: u64,
     summaries: u64,
+    dq_summaries: u64,
     walks: u64,
     k_tile_order: u64,
     q_tile_order: u64,
     len_q: usize,
     len_k: usize,
     head_dim: usize,
+    tiles: BackwardTiles,
 }
 
 impl<B: Backend> BackwardMask<B> {
     /// Prepares and uploads `mask`'s tables for the backward kernels at head dim
-    /// `head_dim`.
+    /// `head_dim`, in the configuration `b` asks for (or, for `Auto`, can run).
     pub(crate) fn new(b: &B, mask: &Mask, head_dim: usize) -> Result<Self> {
-        let (main, dq) = backward_tiles(head_dim)?;
-        let tables = BackwardTables::new(mask, main, dq);
+        let tiles = backward_tiles(head_dim, b.tile_config(), b.smem_budget())?;
+        let tables = BackwardTables::new(mask, &tiles);
         if tables.walks.len() > 65535 || tables.q_tile_order.len() > 65535 {
             return Err(Error::Unsupported(format!(
                 "{} key tiles or {} query tiles exceed the grid's 65535",
@@ -108,13 +157,21 @@ impl<B: Backend> BackwardMask<B> {
         Ok(Self {
             intervals: b.upload(mask.as_flat())?,
             summaries: b.upload(&tables.summaries)?,
+            dq_summaries: tables.dq_summaries.as_deref().map(|s| b.upload(s)).transpose()?,
             walks: b.upload(&walks)?,
             k_tile_order: b.upload(&tables.k_tile_order)?,
             q_tile_order: b.upload(&tables.q_tile_order)?,
             len_q: mask.len_q(),
             len_k: mask.len_k(),
             head_dim,
+            tiles,
         })
+    }
+
+    /// The kernels' configuration the tables were made for.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn tiles(&self) -> BackwardTiles {
+        self.tiles
     }
 
     /// Query rows (read by the GPU's device-pointer API).
@@ -130,23 +187,26 @@ impl<B: Backend> BackwardMask<B> {
     }
 
     /// The tables' addresses for launches on `b`.
-    pub(crate) fn args<'a>(&'a self, b: &'a B) -> (BackwardMaskArgs, [B::Access<'a>; 5]) {
+    pub(crate) fn args<'a>(&'a self, b: &'a B) -> (BackwardMaskArgs, [B::Access<'a>; 6]) {
         let (intervals, a0) = b.addr(&self.intervals);
         let (summaries, a1) = b.addr(&self.summaries);
-        let (walks, a2) = b.addr(&self.walks);
-        let (k_tile_order, a3) = b.addr(&self.k_tile_order);
-        let (q_tile_order, a4) = b.addr(&self.q_tile_order);
+        let (dq_summaries, a2) = b.addr(self.dq_summaries.as_ref().unwrap_or(&self.summaries));
+        let (walks, a3) = b.addr(&self.walks);
+        let (k_tile_order, a4) = b.addr(&self.k_tile_order);
+        let (q_tile_order, a5) = b.addr(&self.q_tile_order);
         let args = BackwardMaskArgs {
             intervals,
             summaries,
+            dq_summaries,
             walks,
             k_tile_order,
             q_tile_order,
             len_q: self.len_q,
             len_k: self.len_k,
             head_dim: self.head_dim,
+            tiles: self.tiles,
         };
-        (args, [a0, a1, a2, a3, a4])
+        (args, [a0, a1, a2, a3, a4, a5])
     }
 }
 
@@ -210,7 +270,7 @@ impl BackwardPlan {
 pub(crate) fn plan<T: KernelElement>(a: &BackwardArgs) -> Result<BackwardPlan> {
     let sh = AttnShape::of_qkv(&a.q.layout.dims, &a.k.layout.dims, &a.v.layout.dims)?;
     check_mask_lens(&sh, a.mask.len_q, a.mask.len_k)?;
-    let (main_tiles, dq_tiles) = backward_tiles(sh.head_dim)?;
+    let BackwardTiles { main: main_tiles, dq: dq_tiles, config, main_smem, dq_smem } = a.mask.tiles;
     if a.mask.head_dim != sh.head_dim {
         return Err(Error::Shape(format!(
             "the mask was uploaded for head dim {}, the tensors have {}",
@@ -230,7 +290,9 @@ pub(crate) fn plan<T: KernelElement>(a: &BackwardArgs) -> Result<BackwardPlan> {
     }
     check_lse(&a.lse, &sh)?;
     let scale = kernel_scale(a.scale, sh.head_dim)?;
-    let len_q_pad = sh.len_q.div_ceil(main_tiles.block_m()) * main_tiles.block_m();
+    // A multiple of both kernels' query tiles (params.h: the main kernel's divide the
+    // dQ pass's).
+    let len_q_pad = sh.len_q.div_ceil(dq_tiles.block_m()) * dq_tiles.block_m();
     let (n_k_tiles, n_q_tiles) = (sh.len_k.div_ceil(main_tiles.block_n()), sh.len_q.div_ceil(dq_tiles.block_m()));
     let fits_i32 = |n: usize| n <= i32::MAX as usize;
     if !fits_i32(len_q_pad) || !fits_i32(sh.batch * sh.heads_q) || n_k_tiles > 65535 || n_q_tiles > 65535 {
@@ -238,11 +300,6 @@ pub(crate) fn plan<T: KernelElement>(a: &BackwardArgs) -> Result<BackwardPlan> {
     }
     let pre_blocks = grid_blocks(sh.batch * sh.heads_q * len_q_pad, "preprocessing")?;
     let convert_blocks = grid_blocks(sh.batch * sh.heads_q * sh.len_q, "dQ")?;
-    let (smem_main, smem_dq) = match sh.head_dim {
-        64 => (ffi::MASKATTN_BWD_SMEM_D64, ffi::MASKATTN_BWD_DQ_SMEM_D64),
-        96 => (ffi::MASKATTN_BWD_SMEM_D96, ffi::MASKATTN_BWD_DQ_SMEM_D96),
-        _ => (ffi::MASKATTN_BWD_SMEM_D128, ffi::MASKATTN_BWD_DQ_SMEM_D128),
-    };
     for (name, t) in [("q", &a.q), ("k", &a.k), ("v", &a.v), ("out", &a.out), ("d_out", &a.d_out)] {
         t.check::<T>(name)?;
     }
@@ -269,6 +326,7 @@ pub(crate) fn plan<T: KernelElement>(a: &BackwardArgs) -> Result<BackwardPlan> {
         dq_accum: std::ptr::null_mut(),
         intervals: a.mask.intervals as *const i32,
         q_tile_summaries: a.mask.summaries as *const TileSummary,
+        dq_tile_summaries: a.mask.dq_summaries as *const TileSummary,
         k_tile_order: a.mask.k_tile_order as *const i32,
         k_tile_walks: a.mask.walks as *const i32,
         q_tile_order: a.mask.q_tile_order as *const i32,
@@ -310,20 +368,20 @@ pub(crate) fn plan<T: KernelElement>(a: &BackwardArgs) -> Result<BackwardPlan> {
     let row_threads = (ffi::MASKATTN_BWD_ROW_THREADS, 1, 1);
     let launch = |kernel: String, grid, block, smem_bytes| KernelLaunch { kernel, grid, block, smem_bytes, params };
     let pre = launch(format!("maskattn_bwd_preprocess_{dt}"), (pre_blocks, 1, 1), row_threads, 0);
-    let main_kernel =
-        if a.deterministic { format!("maskattn_bwd_dkdv_{dt}_d{d}") } else { format!("maskattn_bwd_{dt}_d{d}") };
+    let (mode, suffix) =
+        (if a.deterministic { "dkdv_" } else { "" }, if config == TileConfig::Compact { "_compact" } else { "" });
     let main = launch(
-        main_kernel,
+        format!("maskattn_bwd_{mode}{dt}_d{d}{suffix}"),
         ((sh.batch * sh.heads_kv) as u32, n_k_tiles as u32, 1),
         (ffi::MASKATTN_BWD_THREADS, 1, 1),
-        smem_main,
+        main_smem,
     );
     let dq = if a.deterministic {
         launch(
             format!("maskattn_bwd_dq_{dt}_d{d}"),
             ((sh.batch * sh.heads_q) as u32, n_q_tiles as u32, 1),
             (ffi::MASKATTN_BWD_DQ_THREADS, 1, 1),
-            smem_dq,
+            dq_smem,
         )
     } else {
         launch(format!("maskattn_bwd_dq_convert_{dt}"), (convert_blocks, 1, 1), row_threads, 0)
@@ -425,7 +483,7 @@ mod tests {
     use super::{attention_grad, backward_tiles, BackwardTables};
     use crate::ffi;
     use crate::mask::Mask;
-    use crate::tiles::{self, TileClass};
+    use crate::tiles::{self, TileClass, TileConfig, TileSummary};
     use crate::Error;
 
     fn masks() -> Vec<Mask> {
@@ -450,9 +508,18 @@ mod tests {
     /// the backward visits the forward's pairs, with the forward's classes.
     #[test]
     fn walks_cover_every_nonempty_pair_with_the_forwards_class() {
-        for mask in masks() {
-            let (main, dq) = backward_tiles(64).unwrap();
-            let plan = BackwardTables::new(&mask, main, dq);
+        let configs = [(64, TileConfig::Pipelined), (128, TileConfig::Pipelined), (128, TileConfig::Compact)];
+        for (mask, (d, config)) in masks().into_iter().flat_map(|m| configs.map(|c| (m.clone(), c))) {
+            let cfg = backward_tiles(d, config, u32::MAX).unwrap();
+            let (main, dq) = (cfg.main, cfg.dq);
+            let plan = BackwardTables::new(&mask, &cfg);
+            // The dQ pass's own summaries exactly where its query tiles differ.
+            let dq_summaries = plan.dq_summaries.as_ref().unwrap_or(&plan.summaries);
+            assert_eq!(plan.dq_summaries.is_some(), main.block_m() != dq.block_m());
+            for (qt, s) in dq_summaries.iter().enumerate() {
+                let want = tiles::summarize(&mask, qt * dq.block_m()..(qt + 1) * dq.block_m());
+                assert_eq!(format!("{s:?}"), format!("{want:?}"), "(TileSummary has no PartialEq)");
+            }
             let key_tiles = mask.len_k().div_ceil(main.block_n());
             assert_eq!(plan.walks.len(), key_tiles);
             let classes = tiles::tile_classes(&mask, main);
@@ -483,7 +550,72 @@ mod tests {
     #[test]
     fn unsupported_head_dims_are_errors() {
         for d in [0, 32, 80, 256] {
-            assert!(backward_tiles(d).is_err());
+            assert!(backward_tiles(d, TileConfig::Auto, u32::MAX).is_err());
+        }
+    }
+
+    /// `Auto` is the pipelined configuration where it fits the budget, else the
+    /// compact one; a forced one is taken as asked (where it exists: D = 64 has one).
+    #[test]
+    fn the_configuration_follows_the_budget_unless_forced() {
+        use TileConfig::{Auto, Compact, Pipelined};
+        for (d, pipelined, compact, compact_bm) in [
+            (64, ffi::MASKATTN_BWD_SMEM_D64, ffi::MASKATTN_BWD_SMEM_D64, 64),
+            (96, ffi::MASKATTN_BWD_SMEM_D96, ffi::MASKATTN_BWD_COMPACT_SMEM_D96, 64),
+            (128, ffi::MASKATTN_BWD_SMEM_D128, ffi::MASKATTN_BWD_COMPACT_SMEM_D128, 32),
+        ] {
+            let tiles = |config, budget| backward_tiles(d, config, budget).unwrap();
+            for budget in [99 * 1024, 163 * 1024, 227 * 1024] {
+                let auto = tiles(Auto, budget);
+                let fits = pipelined <= budget;
+                assert_eq!(auto.main_smem, if fits { pipelined } else { compact }, "D = {d}, {budget} B");
+                assert!(auto.main_smem <= budget && auto.dq_smem <= budget, "D = {d}, {budget} B: {auto:?}");
+                assert_eq!(tiles(Pipelined, budget).main_smem, pipelined);
+                assert_eq!(tiles(Compact, budget), tiles(Compact, u32::MAX));
+            }
+            let c = tiles(Compact, 0);
+            assert_eq!((c.main_smem, c.main.block_m()), (compact, compact_bm));
+            assert_eq!(c.config, if d == 64 { Pipelined } else { Compact });
+            assert_eq!(tiles(Pipelined, 0).main.block_m(), 64);
+            assert_eq!(ffi::MASKATTN_BWD_DQ_BLOCK_M as usize % c.main.block_m(), 0);
+        }
+    }
+
+    /// A forced compact configuration at D = 128: the compact kernels, their shared
+    /// memory, 32-row query tiles for the walks and separate summaries for the dQ pass.
+    #[test]
+    fn compact_launches_and_tables_at_d128() {
+        let mask = Mask::frame_block_causal(&"text:35,frames:3x200,text:70".parse().unwrap()).unwrap();
+        let (b, hq, hkv, d, l) = (1, 4, 2, 128, mask.len_q());
+        let q = Array4::from_elem((b, l, hq, d), bf16::ONE);
+        let kv = Array4::from_elem((b, l, hkv, d), bf16::ONE);
+        let cfg = backward_tiles(d, TileConfig::Compact, u32::MAX).unwrap();
+        let tables = BackwardTables::new(&mask, &cfg);
+        for deterministic in [false, true] {
+            let mut rec = Recorder::default();
+            rec.tile_config = TileConfig::Compact;
+            attention_grad(&rec, q.view(), kv.view(), kv.view(), q.view(), &mask, None, deterministic).unwrap();
+            let launches = rec.launches();
+            let main =
+                if deterministic { "maskattn_bwd_dkdv_bf16_d128_compact" } else { "maskattn_bwd_bf16_d128_compact" };
+            assert_eq!(launches[2].kernel, main);
+            assert_eq!(launches[2].smem_bytes, ffi::MASKATTN_BWD_COMPACT_SMEM_D128);
+            assert_eq!(launches[2].grid, ((b * hkv) as u32, l.div_ceil(128) as u32, 1));
+            let p: ffi::MaskattnBwdParams = launches[2].params();
+            assert_eq!(p.len_q_pad as usize, l.div_ceil(64) * 64);
+            let summaries = rec.uploaded::<TileSummary>(p.q_tile_summaries as u64).unwrap();
+            assert_eq!(summaries.len(), l.div_ceil(32));
+            // TileSummary (bindgen's) has no PartialEq.
+            assert_eq!(format!("{summaries:?}"), format!("{:?}", tables.summaries));
+            let dq_summaries = rec.uploaded::<TileSummary>(p.dq_tile_summaries as u64);
+            assert_eq!(format!("{dq_summaries:?}"), format!("{:?}", tables.dq_summaries));
+            assert!(dq_summaries.is_some_and(|s| s.len() == l.div_ceil(64)));
+            let walks: Vec<i32> = tables.walks.iter().flatten().copied().collect();
+            assert_eq!(rec.uploaded::<i32>(p.k_tile_walks as u64), Some(walks));
+            if deterministic {
+                assert_eq!(launches[3].kernel, "maskattn_bwd_dq_bf16_d128");
+                assert_eq!(launches[3].grid.1 as usize, l.div_ceil(64));
+            }
         }
     }
 
@@ -536,8 +668,7 @@ mod tests {
             }
             let fwd: ffi::MaskattnFwdParams = l[0].params();
             assert_eq!((params[0].o as u64, params[0].lse as u64), (fwd.o as u64, fwd.lse as u64));
-            let (main, dq) = backward_tiles(d).unwrap();
-            let tables = BackwardTables::new(&mask, main, dq);
+            let tables = BackwardTables::new(&mask, &backward_tiles(d, TileConfig::Auto, u32::MAX).unwrap());
             assert_eq!(rec.uploaded::<i32>(params[0].k_tile_order as u64), Some(tables.k_tile_order));
             assert_eq!(rec.uploaded::<i32>(params[0].q_tile_order as u64), Some(tables.q_tile_order));
         }

@@ -27,6 +27,7 @@ use ndarray::{Array4, ArrayView4};
 use crate::error::{invalid, Error, Result};
 use crate::ffi;
 use crate::shape::{AttnShape, Element};
+use crate::tiles::TileConfig;
 
 pub use layout::Layout4;
 
@@ -200,6 +201,10 @@ pub(crate) trait Backend {
     /// maximum on the GPU (99 KB on sm_86/89/120, 163 KB on sm_80, 227 KB on sm_90),
     /// [`crate::cpu::CpuOptions::max_dynamic_smem`] on the CPU backend.
     fn smem_budget(&self) -> u32;
+
+    /// The tile configuration asked for (the plans resolve [`TileConfig::Auto`] with
+    /// [`Backend::smem_budget`]).
+    fn tile_config(&self) -> TileConfig;
 
     /// Runs (or queues) one kernel launch, or returns [`Error::Unsupported`] if it
     /// needs more shared memory than [`Backend::smem_budget`].

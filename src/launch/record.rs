@@ -41,6 +41,8 @@ struct State {
 #[derive(Default)]
 pub(crate) struct Recorder {
     state: RefCell<State>,
+    /// The configuration the recorder reports (its budget is unlimited).
+    pub(crate) tile_config: crate::tiles::TileConfig,
 }
 
 /// A recorder's buffer: its fake address and its contents, which no launch changes.
@@ -119,6 +121,10 @@ impl Backend for Recorder {
     /// No device: a plan's shared memory is what the tests assert on.
     fn smem_budget(&self) -> u32 {
         u32::MAX
+    }
+
+    fn tile_config(&self) -> crate::tiles::TileConfig {
+        self.tile_config
     }
 
     unsafe fn start<P: KernelArgs>(&self, l: &KernelLaunch<P>) -> Result<()> {
