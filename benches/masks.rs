@@ -1,12 +1,14 @@
 //! Host cost of building each mask at the canonical video shapes (src/cases.rs), against
 //! `Mask::causal` of the same shape (the floor: one interval per row computed from q
 //! alone) and against filling the dense `[Lq, Lk]` boolean mask that dense-mask
-//! attention takes instead. CPU only: builds and runs without the `cuda` feature.
+//! attention takes instead; and the host side of `Gpu::upload_mask` for each mask (the
+//! forward's query-tile launch order, and copying the intervals out). CPU only: builds
+//! and runs without the `cuda` feature.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use maskattn::{cases, Mask, Segment, VideoLayout};
+use maskattn::{cases, tiles, Mask, Segment, VideoLayout};
 
 /// The dense boolean mask that dense-mask attention needs, filled from the intervals.
 fn dense_bool(mask: &Mask) -> Vec<bool> {
@@ -17,6 +19,14 @@ fn dense_bool(mask: &Mask) -> Vec<bool> {
         row[s1 as usize..e1 as usize].fill(true);
     }
     dense
+}
+
+/// What `Gpu::upload_mask` does on the host before its two copies to the device: the
+/// launch order of the forward's query tiles at D = 128, and the intervals copied into
+/// an owned buffer (here a `Vec`, there the device's).
+fn upload_tables(mask: &Mask) -> (Vec<i32>, Vec<i32>) {
+    let shape = tiles::forward_tiles(128).expect("D = 128 is supported");
+    (mask.as_flat().to_vec(), tiles::query_tile_order(mask, shape))
 }
 
 /// Few samples: one dense mask at L = 16,576 is 275 MB and takes hundreds of milliseconds.
@@ -53,8 +63,13 @@ fn video(c: &mut Criterion) {
         group
             .bench_function("sliding_window", |b| b.iter(|| Mask::sliding_window(black_box(l), l, frame, 64).unwrap()));
         group.bench_function("document", |b| b.iter(|| Mask::document(black_box(&docs), true).unwrap()));
+        let mask = Mask::frame_block_causal(&layout).unwrap();
+        group.bench_function("upload_tables_causal", |b| {
+            let causal = Mask::causal(l, l).unwrap();
+            b.iter(|| upload_tables(black_box(&causal)))
+        });
+        group.bench_function("upload_tables_frame_block_causal", |b| b.iter(|| upload_tables(black_box(&mask))));
         if dense {
-            let mask = Mask::frame_block_causal(&layout).unwrap();
             group.sample_size(DENSE_SAMPLES);
             group.bench_function("dense_bool", |b| b.iter(|| dense_bool(black_box(&mask))));
         }
@@ -71,6 +86,7 @@ fn ccam(c: &mut Criterion) {
         group.bench_function("causal", |b| b.iter(|| Mask::causal(black_box(lq), lk).unwrap()));
         group.bench_function("causal_cross", |b| b.iter(|| Mask::causal_cross(black_box(lq), frames, 729).unwrap()));
         group.bench_function("full", |b| b.iter(|| Mask::full(black_box(lq), lk).unwrap()));
+        group.bench_function("upload_tables_causal_cross", |b| b.iter(|| upload_tables(black_box(&case.mask))));
         // CrossLMM's frame-local cross-attention on the same shape needs the 1024
         // queries to split evenly over the frames.
         if lq % frames == 0 {
