@@ -1,4 +1,4 @@
-/* The C ABI of the CPU backend (csrc/cpu/runtime.cpp): the kernels of csrc/ (every .cu file)
+/* The C ABI of the CPU backend (csrc/cpu/execution.cpp): the kernels of csrc/ (every .cu file)
  * compiled by the host C++ compiler and executed warp-synchronously, one fiber per
  * CUDA thread. Rust (src/cpu) launches a kernel by its extern "C" name with the
  * same grid, block, dynamic shared memory and params struct as on the GPU.

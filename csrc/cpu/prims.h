@@ -1,6 +1,6 @@
 // The CPU backend's build of the primitives (csrc/prims.cuh): the same functions as
 // prims/ptx.cuh, emulated as the PTX ISA defines the instructions. The warp-wide
-// ones (ldmatrix, mma) are collectives of the runtime (csrc/cpu/runtime.cpp), which
+// ones (ldmatrix, mma) are collectives of the runtime (csrc/cpu/isa_sm80.cpp), which
 // computes them for the whole warp from the fragments each lane hands in.
 #pragma once
 

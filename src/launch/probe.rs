@@ -5,7 +5,7 @@
 //! compared with what the PTX ISA defines, bit for bit. The fragment tables below
 //! are written from the ISA's formulas (section "Matrix Fragments for mma.m16n8k16
 //! with floating point type", and `ldmatrix`'s description), independently of the
-//! CPU backend's emulation (csrc/cpu/runtime.cpp) and of the kernels' comments. The
+//! CPU backend's emulation (csrc/cpu/isa_sm80.cpp) and of the kernels' comments. The
 //! same vectors run on the CPU backend always and on the GPU when there is one.
 
 use super::{kernel_args, Backend, KernelLaunch};
