@@ -17,6 +17,8 @@
 
 #undef __launch_bounds__
 #define __launch_bounds__(...)
+// A kernel parameter whose address is taken (tensor maps): the trampoline's copy is it.
+#define __grid_constant__
 
 // Shared memory must be per CTA, not per fiber: a plain __shared__ would compile
 // into a stack variable of each thread on the host, so it is a compile error here.

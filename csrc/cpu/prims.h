@@ -186,3 +186,4 @@ inline float exp2_approx(float x) {
 
 }  // namespace fwd
 }  // namespace maskattn
+#include "cpu/prims_sm90.h"

@@ -73,6 +73,33 @@ void cp_async_wait(int pending);
 
 void count_key_tile(int cls);
 
+// sm_90 (csrc/cpu/prims_sm90.h). mbarriers live in shared memory; the runtime keeps
+// their state beside it, keyed by address.
+void mbarrier_init(uint32_t bar, uint32_t count);
+// expect_tx(tx_bytes) (when non-zero), then arrive.
+void mbarrier_arrive(uint32_t bar, uint32_t tx_bytes);
+// Blocks the fiber until the phase of `parity` completes (the GPU's spin), then true.
+bool mbarrier_try_wait(uint32_t bar, uint32_t parity);
+void fence_mbarrier_init();
+void fence_proxy_async();
+void named_barrier(int id, int threads, bool wait);
+bool elect_one();
+void setmaxnreg(int regs, bool inc);
+void tma_load(uint32_t dst, const void *map, uint32_t bar, const int32_t *coords, int rank);
+void wgmma_fence();
+void wgmma_commit();
+void wgmma_wait(int pending);
+// One wgmma.mma_async of the calling thread's warpgroup: a rendezvous of its 128 threads.
+struct WgmmaIssue {
+    int n;
+    bool bf16, trans_a, trans_b, scale_d;
+    uint64_t desc_a;        // A from shared memory, when a_regs is null
+    const uint32_t *a_regs;  // A from registers: this thread's four
+    uint64_t desc_b;
+    float *d;  // this thread's n / 2 accumulator registers
+};
+void wgmma(const WgmmaIssue &issue);
+
 [[noreturn]] void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 // Kernel registry: the host build's MASKATTN_REGISTER_KERNEL adds each extern "C"

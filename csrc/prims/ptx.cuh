@@ -125,3 +125,4 @@ __device__ __forceinline__ float exp2_approx(float x) {
 
 }  // namespace fwd
 }  // namespace maskattn
+#include "prims/sm90.cuh"
