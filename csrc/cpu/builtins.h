@@ -18,6 +18,7 @@
 #undef __launch_bounds__
 #define __launch_bounds__(...)
 // A kernel parameter whose address is taken (tensor maps): the trampoline's copy is it.
+#undef __grid_constant__
 #define __grid_constant__
 
 // Shared memory must be per CTA, not per fiber: a plain __shared__ would compile
