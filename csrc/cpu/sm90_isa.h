@@ -14,8 +14,10 @@ namespace sm90 {
 // The swizzle modes of a shared-memory matrix descriptor and of a tensor map.
 enum class Swizzle : uint8_t { kNone = 0, k32B = 1, k64B = 2, k128B = 3 };
 
-// `addr` (a shared-memory byte address) with the swizzle applied: the 16-byte chunk
-// index within each 2^n-chunk row XORed with the row's index modulo the pattern.
+// `addr` (an absolute shared-memory byte address) with the swizzle applied: the
+// 16-byte chunk index, bits [4, 4+b), XORed with the 128-byte line index within the
+// pattern, bits [7, 7+b); b = 1, 2, 3 for 32B, 64B, 128B (patterns of 256, 512,
+// 1,024 bytes). The same map serves wgmma operands and TMA destinations.
 uint32_t swizzle_address(uint32_t addr, Swizzle s);
 
 // A wgmma shared-memory matrix descriptor, decoded (PTX ISA, "Matrix Descriptor
