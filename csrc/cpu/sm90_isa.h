@@ -63,6 +63,22 @@ struct CpuTensorMap {
 static_assert(sizeof(CpuTensorMap) <= 128, "a tensor map parameter is 128 bytes");
 constexpr uint32_t kCpuTensorMapMagic = 0x414d544du;  // "MTMA"
 
+// A tile-mode load (cp.async.bulk.tensor) of `m` at box coordinates `coords` (rank of
+// them, innermost first, signed: a box may start before the tensor or run past it),
+// element by element in the order it lands in shared memory: the box row-major,
+// dimension 0 contiguous, dense. `visit(ctx, dst, src)` gets the element's byte
+// offset from the destination before any swizzle (the caller applies
+// swizzle_address) and its global address, or null when it lies outside the tensor
+// and reads as the map's fill (zero, or NaN with oob_nan). `m` passed
+// check_tensor_map. Written in csrc/cpu/sm90_tma_box.cpp.
+using BoxVisitor = void (*)(void *ctx, uint32_t dst, const unsigned char *src);
+void visit_box(const CpuTensorMap &m, const int32_t *coords, BoxVisitor visit, void *ctx);
+// Null when `m` is a map the launch plan wrote with a valid box, else why not.
+const char *check_tensor_map(const CpuTensorMap &m);
+// The bytes one load of `m` writes to shared memory and completes on its mbarrier
+// as transactions: the whole box, out-of-bounds elements included.
+uint32_t box_bytes(const CpuTensorMap &m);
+
 }  // namespace sm90
 }  // namespace cpu
 }  // namespace maskattn

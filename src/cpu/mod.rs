@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::ffi;
+use crate::launch::tensor_map::{TensorMapBytes, TensorMapSpec};
 use crate::launch::{Backend, KernelArgs, KernelLaunch, Scalar};
 use crate::tiles::TileConfig;
 
@@ -349,6 +350,10 @@ impl Backend for CpuBackend {
 
     fn smem_budget(&self) -> u32 {
         self.options.max_dynamic_smem
+    }
+
+    fn tensor_map(&self, spec: &TensorMapSpec) -> Result<TensorMapBytes> {
+        spec.encode_cpu()
     }
 
     fn tile_config(&self) -> TileConfig {

@@ -11,6 +11,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
+use crate::launch::tensor_map::{OobFill, TensorMapBytes, TensorMapSpec, TmaElement, TmaSwizzle};
 use crate::launch::{self, Backend, KernelArgs, KernelLaunch, Scalar};
 use crate::mask::Mask;
 use crate::tiles::{TileClass, TileConfig, TileShape, TileSummary};
@@ -221,6 +222,10 @@ impl Backend for Gpu {
         self.tile_config
     }
 
+    fn tensor_map(&self, spec: &TensorMapSpec) -> Result<TensorMapBytes> {
+        encode_tensor_map(&self.stream, spec)
+    }
+
     unsafe fn start<P: KernelArgs>(&self, l: &KernelLaunch<P>) -> Result<()> {
         let f = self.function(&l.kernel)?;
         if l.smem_bytes > 48 * 1024 {
@@ -240,4 +245,62 @@ impl Backend for Gpu {
         unsafe { builder.launch(cfg) }?;
         Ok(())
     }
+}
+
+/// `spec` encoded by the driver (`cuTensorMapEncodeTiled`), after the same checks
+/// the CPU backend makes, so that both refuse the same maps with the same errors.
+fn encode_tensor_map(stream: &CudaStream, spec: &TensorMapSpec) -> Result<TensorMapBytes> {
+    use cudarc::driver::sys::{
+        self, CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave, CUtensorMapL2promotion,
+        CUtensorMapSwizzle,
+    };
+    spec.validate()?;
+    let data_type = match spec.elem {
+        TmaElement::F16 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+        TmaElement::Bf16 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+        TmaElement::F32 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
+    };
+    let swizzle = match spec.swizzle {
+        TmaSwizzle::None => CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE,
+        TmaSwizzle::B32 => CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_32B,
+        TmaSwizzle::B64 => CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_64B,
+        TmaSwizzle::B128 => CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+    };
+    let oob = match spec.oob {
+        OobFill::Zero => CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        OobFill::Nan => CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA,
+    };
+    // Every element of the box is copied: element strides of 1.
+    let element_strides = [1u32; launch::tensor_map::MAX_RANK];
+    // cudarc's CUtensorMap (128 bytes, aligned as the driver asks); its bytes are
+    // then the kernel parameter.
+    let mut map = sys::CUtensorMap { opaque: [0; 16] };
+    stream.context().bind_to_thread()?;
+    // SAFETY: the arrays hold rank dims and box dims and rank - 1 strides (validate
+    // checked the lengths), `map` is a live, aligned CUtensorMap; the driver only
+    // records the global address, it does not access it.
+    unsafe {
+        sys::cuTensorMapEncodeTiled(
+            &mut map,
+            data_type,
+            spec.rank() as u32,
+            spec.base as *mut std::ffi::c_void,
+            spec.dims.as_ptr(),
+            spec.strides.as_ptr(),
+            spec.box_dims.as_ptr(),
+            element_strides.as_ptr(),
+            CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            swizzle,
+            // A cache hint only: what a copy writes does not depend on it.
+            CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+            oob,
+        )
+    }
+    .result()
+    .map_err(|e| Error::Cuda(format!("cuTensorMapEncodeTiled for tensor map {}: {e}", spec.name)))?;
+    let mut out = TensorMapBytes([0; 128]);
+    for (chunk, word) in out.0.chunks_exact_mut(8).zip(map.opaque) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    Ok(out)
 }

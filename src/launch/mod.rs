@@ -19,6 +19,7 @@ mod probe;
 #[cfg(test)]
 mod probe_sm90;
 pub(crate) mod rope;
+pub(crate) mod tensor_map;
 pub(crate) mod xattn;
 
 #[cfg(test)]
@@ -30,6 +31,8 @@ use crate::error::{invalid, Error, Result};
 use crate::ffi;
 use crate::shape::{AttnShape, Element};
 use crate::tiles::TileConfig;
+
+use tensor_map::{TensorMapBytes, TensorMapSpec};
 
 pub use layout::Layout4;
 
@@ -207,6 +210,14 @@ pub(crate) trait Backend {
     /// The tile configuration asked for (the plans resolve [`TileConfig::Auto`] with
     /// [`Backend::smem_budget`]).
     fn tile_config(&self) -> TileConfig;
+
+    /// The tensor map `spec` describes, encoded for this backend's kernels (the
+    /// driver's `CUtensorMap` on the GPU, csrc's `CpuTensorMap` on the CPU backend),
+    /// or the typed error of [`TensorMapSpec::validate`]. A kernel takes it as a
+    /// `const __grid_constant__ maskattn::sm90::TensorMap` parameter: a
+    /// `kernel_args!` field of type [`TensorMapBytes`].
+    #[cfg_attr(not(test), allow(dead_code))]
+    fn tensor_map(&self, spec: &TensorMapSpec) -> Result<TensorMapBytes>;
 
     /// Runs (or queues) one kernel launch, or returns [`Error::Unsupported`] if it
     /// needs more shared memory than [`Backend::smem_budget`].

@@ -127,6 +127,11 @@ impl Backend for Recorder {
         self.tile_config
     }
 
+    /// The CPU backend's encoding: readable bytes for the tests to assert on.
+    fn tensor_map(&self, spec: &super::tensor_map::TensorMapSpec) -> Result<super::tensor_map::TensorMapBytes> {
+        spec.encode_cpu()
+    }
+
     unsafe fn start<P: KernelArgs>(&self, l: &KernelLaunch<P>) -> Result<()> {
         self.state.borrow_mut().launches.push(Recorded {
             kernel: l.kernel.clone(),
