@@ -16,6 +16,8 @@ mod layout;
 pub(crate) mod naive;
 #[cfg(test)]
 mod probe;
+#[cfg(test)]
+mod probe_tma;
 pub(crate) mod rope;
 pub(crate) mod tensor_map;
 pub(crate) mod xattn;
