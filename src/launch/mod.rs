@@ -18,6 +18,8 @@ pub(crate) mod naive;
 mod probe;
 #[cfg(test)]
 mod probe_sm90;
+#[cfg(test)]
+mod probe_tma;
 pub(crate) mod rope;
 pub(crate) mod tensor_map;
 pub(crate) mod xattn;

@@ -175,13 +175,15 @@ impl TensorMapSpec {
             dims: [0; MAX_RANK],
             strides: [0; MAX_RANK - 1],
             box_dims: [0; MAX_RANK],
+            tail: 0,
         };
         m.dims[..self.rank()].copy_from_slice(&self.dims);
         m.strides[..self.rank() - 1].copy_from_slice(&self.strides);
         m.box_dims[..self.rank()].copy_from_slice(&self.box_dims);
         let mut out = TensorMapBytes([0; 128]);
-        // SAFETY: CpuTensorMap is #[repr(C)], plain integers, no padding bytes
-        // (layout test below), and at most 128 bytes.
+        // SAFETY: CpuTensorMap is #[repr(C)], plain integers with no padding bytes
+        // (the C struct's tail padding is the explicit `tail`; layout test below),
+        // and at most 128 bytes.
         let bytes = unsafe {
             std::slice::from_raw_parts(std::ptr::from_ref(&m).cast::<u8>(), std::mem::size_of::<CpuTensorMap>())
         };
@@ -226,6 +228,9 @@ struct CpuTensorMap {
     dims: [u64; MAX_RANK],
     strides: [u64; MAX_RANK - 1],
     box_dims: [u32; MAX_RANK],
+    /// The C struct's tail padding (its size is a multiple of its 8-byte
+    /// alignment), made a field so that every byte copied out is initialised.
+    tail: u32,
 }
 
 #[cfg(test)]
@@ -249,7 +254,7 @@ mod tests {
     #[test]
     fn hopper_cpu_tensor_map_layout_is_the_headers() {
         // csrc/cpu/sm90_isa.h: u32 magic, 4 x u8, u64 base, u64 dims[5],
-        // u64 strides[4], u32 box[5] (then 4 bytes of tail padding).
+        // u64 strides[4], u32 box[5], 4 bytes of tail padding.
         assert_eq!(
             [
                 offset_of!(CpuTensorMap, rank),
@@ -260,8 +265,9 @@ mod tests {
                 offset_of!(CpuTensorMap, dims),
                 offset_of!(CpuTensorMap, strides),
                 offset_of!(CpuTensorMap, box_dims),
+                offset_of!(CpuTensorMap, tail),
             ],
-            [4, 5, 6, 7, 8, 16, 56, 88]
+            [4, 5, 6, 7, 8, 16, 56, 88, 108]
         );
         assert_eq!(size_of::<CpuTensorMap>(), 112);
         assert_eq!((size_of::<TensorMapBytes>(), align_of::<TensorMapBytes>()), (128, 64));
