@@ -211,7 +211,7 @@ def build(mode, suites, tag):
     cmd = ["cargo", "test", "--no-default-features", "--features", "cpu", "--no-run",
            "--message-format=json-diagnostic-rendered-ansi"]
     for s in sorted(suites):
-        cmd += ["--test", s]
+        cmd += ["--lib"] if s == "lib" else ["--test", s]
     log = os.path.join(LOGS, f"{tag}.build-{mode}.log")
     t = time.time()
     p = subprocess.run(cmd, cwd=SRC, env=env_for(mode), stdin=subprocess.DEVNULL,
@@ -225,7 +225,8 @@ def build(mode, suites, tag):
             except ValueError:
                 continue
             if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
-                exes[msg["target"]["name"]] = msg["executable"]
+                lib = "lib" in msg["target"]["kind"]
+                exes["lib" if lib else msg["target"]["name"]] = msg["executable"]
             elif msg.get("reason") == "compiler-message":
                 f.write(msg["message"].get("rendered") or "")
     ok = p.returncode == 0 and all(s in exes for s in suites)

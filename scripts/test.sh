@@ -37,6 +37,10 @@ for check in memcheck racecheck; do
   MASKATTN_CPU_CHECK=$check MASKATTN_GPU_FUZZ_CASES=${MASKATTN_CHECK_FUZZ_CASES:-2} \
     ASAN_OPTIONS=verify_asan_link_order=0:detect_leaks=0 \
     cargo test --no-default-features --features cpu "${kernel_suites[@]}" --no-fail-fast
+  # The primitives' conformance probes (sm_80 and sm_90) and the Hopper kernels' unit
+  # tests live in the library's tests.
+  MASKATTN_CPU_CHECK=$check ASAN_OPTIONS=verify_asan_link_order=0:detect_leaks=0 \
+    cargo test --no-default-features --features cpu --lib -- hopper primitives_match_the_isa
 done
 
 # candle interop (feature `candle`, src/candle.rs). candle-core's CUDA backend links

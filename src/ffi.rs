@@ -106,10 +106,13 @@ pub struct MaskattnCpuCounters {
     pub warp_syncs: u64,
     pub key_tiles: [u64; 3usize],
     pub races: u64,
+    pub wgmma: u64,
+    pub tma_loads: u64,
+    pub bytes_tma: u64,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of MaskattnCpuCounters"][::std::mem::size_of::<MaskattnCpuCounters>() - 112usize];
+    ["Size of MaskattnCpuCounters"][::std::mem::size_of::<MaskattnCpuCounters>() - 136usize];
     ["Alignment of MaskattnCpuCounters"][::std::mem::align_of::<MaskattnCpuCounters>() - 8usize];
     ["Offset of field: MaskattnCpuCounters::ctas"][::std::mem::offset_of!(MaskattnCpuCounters, ctas) - 0usize];
     ["Offset of field: MaskattnCpuCounters::mma"][::std::mem::offset_of!(MaskattnCpuCounters, mma) - 8usize];
@@ -129,6 +132,11 @@ const _: () = {
     ["Offset of field: MaskattnCpuCounters::key_tiles"]
         [::std::mem::offset_of!(MaskattnCpuCounters, key_tiles) - 80usize];
     ["Offset of field: MaskattnCpuCounters::races"][::std::mem::offset_of!(MaskattnCpuCounters, races) - 104usize];
+    ["Offset of field: MaskattnCpuCounters::wgmma"][::std::mem::offset_of!(MaskattnCpuCounters, wgmma) - 112usize];
+    ["Offset of field: MaskattnCpuCounters::tma_loads"]
+        [::std::mem::offset_of!(MaskattnCpuCounters, tma_loads) - 120usize];
+    ["Offset of field: MaskattnCpuCounters::bytes_tma"]
+        [::std::mem::offset_of!(MaskattnCpuCounters, bytes_tma) - 128usize];
 };
 unsafe extern "C" {
     pub fn maskattn_cpu_launch(

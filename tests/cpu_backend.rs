@@ -218,6 +218,9 @@ fn compact_backward_work_model() {
                     warp_syncs: sub(all.warp_syncs, fwd.warp_syncs),
                     key_tiles: [0, 1, 2].map(|i| sub(all.key_tiles[i], fwd.key_tiles[i])),
                     races: all.races,
+                    wgmma: sub(all.wgmma, fwd.wgmma),
+                    tma_loads: sub(all.tma_loads, fwd.tma_loads),
+                    bytes_tma: sub(all.bytes_tma, fwd.bytes_tma),
                 }
             });
             let [pipelined, compact] = &counters;

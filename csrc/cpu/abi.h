@@ -46,6 +46,9 @@ typedef struct MaskattnCpuCounters {
     uint64_t warp_syncs;          /* __syncwarp, shuffles and votes, once per warp */
     uint64_t key_tiles[3];        /* key tiles walked per class (MASKATTN_TILE_*), per CTA */
     uint64_t races;               /* racecheck builds: conflicting shared accesses seen */
+    uint64_t wgmma;               /* wgmma.mma_async, once per warpgroup */
+    uint64_t tma_loads;           /* cp.async.bulk.tensor loads issued */
+    uint64_t bytes_tma;           /* bytes those loads wrote to shared memory (the boxes, fill included) */
 } MaskattnCpuCounters;
 
 #ifdef __cplusplus

@@ -154,6 +154,9 @@ const char *op_name(Op op) {
         case Op::kLdmatrixTrans: return "ldmatrix.x4.trans";
         case Op::kMmaF16: return "mma.m16n8k16.f16";
         case Op::kMmaBf16: return "mma.m16n8k16.bf16";
+        case Op::kElect: return "elect.sync";
+        case Op::kWgmmaCommit: return "wgmma.commit_group";
+        case Op::kWgmmaWait: return "wgmma.wait_group";
     }
     return "?";
 }
@@ -226,7 +229,8 @@ void collective(Op op, uint32_t mask) {
                                  : 0xffffffffu;
     if (!(mask >> t.lane & 1)) fail("%s with mask 0x%08x, which does not name the calling lane", op_name(op), mask);
     if ((mask & present) != mask) fail("%s with mask 0x%08x names lanes the block does not have", op_name(op), mask);
-    const bool aligned = op == Op::kLdmatrix || op == Op::kLdmatrixTrans || op == Op::kMmaF16 || op == Op::kMmaBf16;
+    const bool aligned = op == Op::kLdmatrix || op == Op::kLdmatrixTrans || op == Op::kMmaF16 || op == Op::kMmaBf16 ||
+                         op == Op::kElect || op == Op::kWgmmaCommit || op == Op::kWgmmaWait;
     if (aligned && mask != 0xffffffffu) fail("%s needs all 32 lanes of the warp", op_name(op));
     if (w.op == Op::kNone) {
         w.op = op;
@@ -243,6 +247,12 @@ void collective(Op op, uint32_t mask) {
     w.arrived |= 1u << t.lane;
     if (w.arrived == mask) {
         execute(c, t.warp, op, mask);
+        if (c.clocks) {
+            int lanes[32], n = 0;
+            for (int lane = 0; lane < 32; ++lane)
+                if (mask >> lane & 1) lanes[n++] = 32 * t.warp + lane;
+            clock_join(c, lanes, n);
+        }
         ++w.collectives;
         w.op = Op::kNone;
         for (int lane = 0; lane < 32; ++lane)
@@ -263,6 +273,11 @@ void block_barrier() {
     if (++c.at_barrier == int(c.threads.size())) {
         c.at_barrier = 0;
         ++c.counters.barriers;
+        if (c.clocks) {
+            std::vector<int> all(c.threads.size());
+            for (size_t i = 0; i < all.size(); ++i) all[i] = int(i);
+            clock_join(c, all.data(), int(all.size()));
+        }
         for (Thread &o : c.threads) make_ready(c, o.linear);
     }
     yield(t);
@@ -288,6 +303,9 @@ static void thread_main(void *arg) {
     l.entry->trampoline(l.entry->fn, l.args);
     check_not_awaited(t, "exits");
     if (c.at_barrier > 0) fail("exits while %d thread(s) wait at __syncthreads", c.at_barrier);
+    if (!c.wgmma_groups.empty())
+        for (const auto &g : c.wgmma_groups[size_t(t.warp)])
+            if (!g.empty()) fail("exits with a wgmma of its warp in flight (no wgmma.wait_group retired it)");
     // Copies still in flight land before the CTA retires.
     for (std::vector<Copy> &g : t.groups)
         for (const Copy &copy : g) land(t, copy);
@@ -368,6 +386,7 @@ static std::string describe_deadlock(const Cta &c) {
                  w, lanes, op_name(wp.op), wp.mask, barrier, gone);
         s += buf;
     }
+    s += describe_sm90_waits(c);
     char buf[128];
     snprintf(buf, sizeof buf, " %d thread(s) at __syncthreads, %d exited", c.at_barrier, c.exited);
     return s + buf;
@@ -383,7 +402,7 @@ static void run_cta(Launch &l, Cta &c, Stacks &stacks, uint3 block_idx, uint64_t
     c.rng.seed(l.options.seed * 0x9e3779b97f4a7c15ull + linear_block);
     c.threads.resize(n);
     c.warps.assign((n + 31) / 32, Warp{Op::kNone, 0, 0, 0, 0});
-    if (kRacecheck) c.shadow.assign(c.smem_bytes, ByteShadow{{0, 0, -1, kPlain}, {{0, 0, -1, kPlain}, {0, 0, -1, kPlain}}, false});
+    if (kRacecheck) c.shadow.assign(c.smem_bytes, ByteShadow{kNoAccess, {kNoAccess, kNoAccess}, false, 0});
     c.copy_phases.assign(c.warps.size(), {});
     c.victim_warp = int(c.rng() % c.warps.size());
     memset(c.smem, kPoison, c.smem_bytes);
@@ -392,6 +411,13 @@ static void run_cta(Launch &l, Cta &c, Stacks &stacks, uint3 block_idx, uint64_t
     c.static_bytes = 0;
     c.at_barrier = c.exited = 0;
     c.failed = false;
+    c.clocks = false;
+    c.tma_clock = 0;
+    c.mbarriers.clear();
+    c.bulk.clear();
+    for (NamedBarrier &b : c.named) b = NamedBarrier{0, 0, {}, {}};
+    c.warpgroups.assign((c.warps.size() + 3) / 4, Warpgroup{0, 0, 0});
+    c.wgmma_groups.assign(c.warps.size(), {});
     c.counters = MaskattnCpuCounters{};
     c.counters.ctas = 1;
     c.ready.clear();
@@ -405,6 +431,13 @@ static void run_cta(Launch &l, Cta &c, Stacks &stacks, uint3 block_idx, uint64_t
         t.owner = &c;
         t.groups.clear();
         t.cp_seq = 0;
+        t.vc.clear();
+        t.proxy_fences = 0;
+        t.wgmma_fenced = false;
+        t.group_arg = nullptr;
+        t.waits_on = 0;
+        t.wait_parity = 0;
+        t.named_barrier = -1;
         unsigned char *stack = stacks.get(i);
         if (stack == nullptr) {
             record_error(l, &c, nullptr, "out of memory for fiber stacks");
@@ -420,6 +453,12 @@ static void run_cta(Launch &l, Cta &c, Stacks &stacks, uint3 block_idx, uint64_t
     }
     const bool early = l.options.early_landing != 0;
     while (!c.failed) {
+        // A bulk copy in flight lands at a moment the schedule picks, at the latest
+        // when no thread can run without it.
+        if (!c.bulk.empty() && (c.ready.empty() || c.rng() % 4 == 0)) {
+            land_bulk(c, size_t(c.rng() % c.bulk.size()));
+            continue;
+        }
         if (c.ready.empty()) {
             if (c.exited == int(n)) break;
             record_error(l, &c, nullptr, describe_deadlock(c).c_str());
@@ -457,6 +496,9 @@ static void run_cta(Launch &l, Cta &c, Stacks &stacks, uint3 block_idx, uint64_t
     a.warp_syncs += b.warp_syncs;
     for (int i = 0; i < 3; ++i) a.key_tiles[i] += b.key_tiles[i];
     a.races += b.races;
+    a.wgmma += b.wgmma;
+    a.tma_loads += b.tma_loads;
+    a.bytes_tma += b.bytes_tma;
 }
 
 static void worker(Launch &l, std::atomic<uint64_t> &next) {

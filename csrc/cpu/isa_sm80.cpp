@@ -107,7 +107,7 @@ void land_one_early(Cta &c) {
 // ---------------------------------------------------------------------------------
 // Warp collectives.
 
-static float half_to_float(uint16_t h) {
+float half_to_float(uint16_t h) {
     const uint32_t sign = uint32_t(h & 0x8000u) << 16;
     const int exp = (h >> 10) & 0x1f;
     uint32_t mant = h & 0x3ffu;
@@ -131,7 +131,7 @@ static float half_to_float(uint16_t h) {
     return f;
 }
 
-static float bf16_to_float(uint16_t h) {
+float bf16_to_float(uint16_t h) {
     const uint32_t bits = uint32_t(h) << 16;
     float f;
     memcpy(&f, &bits, 4);
@@ -255,6 +255,21 @@ void execute(Cta &c, int w, Op op, uint32_t mask) {
         case Op::kLdmatrixTrans: execute_ldmatrix(c, w, op == Op::kLdmatrixTrans); break;
         case Op::kMmaF16:
         case Op::kMmaBf16: execute_mma(c, w, op == Op::kMmaBf16); break;
+        case Op::kElect:
+            // elect.sync: the leader is the lowest lane of the member mask.
+            for (int lane = 0; lane < 32; ++lane) c.threads[32 * w + lane].io.out[0] = lane == __builtin_ctz(mask);
+            break;
+        case Op::kWgmmaCommit: wgmma_commit_warp(c, w); break;
+        case Op::kWgmmaWait: {
+            const uint32_t pending = c.threads[32 * w].io.in[0];
+            for (int lane = 1; lane < 32; ++lane)
+                if (c.threads[32 * w + lane].io.in[0] != pending) {
+                    tls_thread = &c.threads[32 * w + lane];
+                    fail("wgmma.wait_group %u in this lane, %u in lane 0", c.threads[32 * w + lane].io.in[0], pending);
+                }
+            wgmma_retire_warp(c, w, int(pending));
+            break;
+        }
     }
 }
 }  // namespace cpu

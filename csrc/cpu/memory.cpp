@@ -26,18 +26,27 @@ void *static_shared(const void *site, size_t bytes, size_t align) {
     unsigned char *data = static_cast<unsigned char *>(mem);
     memset(data, kPoison, bytes);
     c.statics.push_back(StaticSite{site, data, offset, uint32_t(bytes), {}});
-    if (kRacecheck) c.statics.back().shadow.assign(bytes, ByteShadow{{0, 0, -1, kPlain}, {{0, 0, -1, kPlain}, {0, 0, -1, kPlain}}, false});
+    if (kRacecheck) c.statics.back().shadow.assign(bytes, ByteShadow{kNoAccess, {kNoAccess, kNoAccess}, false, 0});
     c.static_bytes = offset + uint32_t(bytes);
     return data;
 }
 
-uint32_t to_shared(const void *p) {
-    Cta &c = cta_of_self();
+uint32_t to_shared(const void *p) { return shared_address_of(cta_of_self(), p); }
+
+uint32_t shared_address_of(Cta &c, const void *p) {
     const unsigned char *b = static_cast<const unsigned char *>(p);
     if (b >= c.smem && b <= c.smem + c.smem_bytes) return uint32_t(b - c.smem);
     for (const StaticSite &s : c.statics)
         if (b >= s.data && b <= s.data + s.bytes) return kStaticBase + s.offset + uint32_t(b - s.data);
     fail("__cvta_generic_to_shared of %p, which is not in the CTA's shared memory", p);
+}
+
+unsigned char *shared_ptr(Cta &c, uint32_t addr, uint32_t bytes) {
+    if (addr < kStaticBase) return uint64_t(addr) + bytes <= c.smem_bytes ? c.smem + addr : nullptr;
+    const uint32_t off = addr - kStaticBase;
+    for (const StaticSite &s : c.statics)
+        if (off >= s.offset && uint64_t(off) + bytes <= uint64_t(s.offset) + s.bytes) return s.data + (off - s.offset);
+    return nullptr;
 }
 
 unsigned char *shared_at(uint32_t addr, uint32_t bytes, uint32_t align, const char *what) {
@@ -69,12 +78,14 @@ ByteShadow *shadow_of(Cta &c, const unsigned char *p) {
 
 static Access now(const Cta &c, const Thread &t, bool by_collective) {
     const Warp &w = c.warps[t.warp];
-    return Access{uint32_t(c.counters.barriers), w.syncs, t.linear, by_collective ? w.collectives : kPlain};
+    return Access{uint32_t(c.counters.barriers), w.syncs, t.linear, by_collective ? w.collectives : kPlain,
+                  c.clocks ? t.vc[size_t(t.linear)] : kNoEpoch, t.proxy_fences};
 }
 
 static bool ordered(const Cta &c, const Access &a, const Thread &t) {
     if (a.thread < 0 || a.thread == t.linear) return true;
     if (c.counters.barriers > a.barriers) return true;
+    if (c.clocks && a.epoch != kNoEpoch && t.vc[size_t(a.thread)] >= a.epoch) return true;
     if (a.thread / 32 != t.warp) return false;
     const Warp &w = c.warps[t.warp];
     return w.syncs > a.warp_syncs || (a.collective != kPlain && w.collectives > a.collective);
@@ -83,6 +94,10 @@ static bool ordered(const Cta &c, const Access &a, const Thread &t) {
 [[noreturn]] static void report_race(Cta &c, const Thread &t, const unsigned char *p, const Access &other,
                                      const char *other_kind, bool write) {
     ++c.counters.races;
+    if (other.thread == int32_t(c.threads.size()))
+        fail("race on shared byte 0x%x: this thread %s it, a TMA bulk copy %s it, and no mbarrier wait orders "
+             "the copy's completion before this access",
+             to_shared(p), write ? "writes" : "reads", other_kind);
     fail("race on shared byte 0x%x: this thread %s it, thread %d (warp %d) %s it with no barrier between",
          to_shared(p), write ? "writes" : "reads", other.thread, other.thread / 32, other_kind);
 }
@@ -140,22 +155,104 @@ void race_access(Thread &t, const unsigned char *p, size_t n, bool write, bool b
             return;  // not shared memory
         }
         if (b->pending)
-            fail("shared byte 0x%x is the destination of a cp.async of thread %d that has not landed (no "
-                 "cp.async.wait_group before this %s)",
+            fail("shared byte 0x%x is the destination of a cp.async or bulk copy issued by thread %d that has not "
+                 "landed (no cp.async.wait_group or mbarrier wait before this %s)",
                  to_shared(p + i), b->write.thread, write ? "write" : "read");
+        if (write && b->async_readers > 0)
+            fail("shared byte 0x%x is written while a wgmma reads it (issued, not yet retired by "
+                 "wgmma.wait_group)",
+                 to_shared(p + i));
         if (!ordered(c, b->write, t)) report_race(c, t, p + i, b->write, "wrote", write);
         const Access me = now(c, t, by_collective);
         if (write) {
             for (const Access &r : b->read)
                 if (!ordered(c, r, t)) report_race(c, t, p + i, r, "read", true);
             b->write = me;
-            b->read[0] = b->read[1] = Access{0, 0, -1, kPlain};
+            b->read[0] = b->read[1] = kNoAccess;
         } else if (b->read[0].thread == t.linear) {
             b->read[0] = me;
         } else {
             b->read[1] = b->read[0];
             b->read[0] = me;
         }
+    }
+}
+
+void start_clocks(Cta &c) {
+    if (!kRacecheck || c.clocks) return;
+    c.clocks = true;
+    const size_t slots = c.threads.size() + 1;
+    for (Thread &t : c.threads) {
+        t.vc.assign(slots, 0);
+        t.vc[size_t(t.linear)] = 1;
+    }
+    c.tma_clock = 0;
+}
+
+void clock_release(Thread &t, VectorClock &into) {
+    if (!t.owner->clocks) return;
+    if (into.size() < t.vc.size()) into.resize(t.vc.size(), 0);
+    for (size_t i = 0; i < t.vc.size(); ++i) into[i] = std::max(into[i], t.vc[i]);
+    ++t.vc[size_t(t.linear)];
+}
+
+void clock_acquire(Thread &t, const VectorClock &from) {
+    if (!t.owner->clocks) return;
+    for (size_t i = 0; i < from.size() && i < t.vc.size(); ++i) t.vc[i] = std::max(t.vc[i], from[i]);
+}
+
+void clock_join(Cta &c, const int *threads, int n) {
+    if (!c.clocks) return;
+    VectorClock joined(c.threads.size() + 1, 0);
+    for (int i = 0; i < n; ++i) clock_release(c.threads[size_t(threads[i])], joined);
+    for (int i = 0; i < n; ++i) clock_acquire(c.threads[size_t(threads[i])], joined);
+}
+
+void race_bulk_issue(Thread &t, const unsigned char *dst, size_t n) {
+    if (!kRacecheck) return;
+    race_access(t, dst, n, true);
+    Cta &c = *t.owner;
+    for (size_t i = 0; i < n; ++i) shadow_of(c, dst + i)->pending = true;
+}
+
+const unsigned char *race_bulk_land(Cta &c, const unsigned char *dst, size_t n, uint32_t epoch) {
+    if (!kRacecheck) return nullptr;
+    // Written by the TMA unit: ordered before a thread only through an mbarrier the
+    // copy completed on (never by __syncthreads: barriers = ~0).
+    const Access tma{0xffffffffu, 0, int32_t(c.threads.size()), kPlain, epoch, 0};
+    for (size_t i = 0; i < n; ++i) {
+        ByteShadow *b = shadow_of(c, dst + i);
+        if (b->async_readers > 0) return dst + i;
+        b->pending = false;
+        b->write = tma;
+        b->read[0] = b->read[1] = kNoAccess;
+    }
+    return nullptr;
+}
+
+void race_async_read_begin(Cta &c, const unsigned char *p, size_t n) {
+    if (!kRacecheck) return;
+    for (size_t i = 0; i < n; ++i) ++shadow_of(c, p + i)->async_readers;
+}
+
+void race_async_read_end(Thread &t, const unsigned char *p, size_t n) {
+    if (!kRacecheck) return;
+    Cta &c = *t.owner;
+    for (size_t i = 0; i < n; ++i) --shadow_of(c, p + i)->async_readers;
+    race_access(t, p, n, false, true);
+}
+
+void check_proxy_fence(Thread &t, const unsigned char *p, size_t n, const char *what) {
+    if (!kRacecheck) return;
+    Cta &c = *t.owner;
+    for (size_t i = 0; i < n; ++i) {
+        const ByteShadow *b = shadow_of(c, p + i);
+        const Access &w = b->write;
+        if (w.thread < 0 || w.thread >= int32_t(c.threads.size())) continue;  // none, or the TMA unit (async proxy)
+        if (c.threads[size_t(w.thread)].proxy_fences == w.proxy_fences)
+            fail("%s reads shared byte 0x%x through the async proxy, but thread %d wrote it through the generic "
+                 "proxy and has executed no fence.proxy.async since",
+                 what, to_shared(p + i), w.thread);
     }
 }
 

@@ -24,6 +24,9 @@ enum class Op : uint8_t {
     kLdmatrixTrans,
     kMmaF16,
     kMmaBf16,
+    kElect,
+    kWgmmaCommit,
+    kWgmmaWait,
 };
 
 // A lane's operands and results of a warp collective.

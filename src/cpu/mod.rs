@@ -104,6 +104,9 @@ impl Counters {
             self.key_tiles[i] += o.key_tiles[i];
         }
         self.races += o.races;
+        self.wgmma += o.wgmma;
+        self.tma_loads += o.tma_loads;
+        self.bytes_tma += o.bytes_tma;
     }
 }
 

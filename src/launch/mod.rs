@@ -12,6 +12,7 @@
 pub(crate) mod backward;
 pub(crate) mod classes;
 pub(crate) mod forward;
+pub(crate) mod hopper_gemm;
 mod layout;
 pub(crate) mod naive;
 #[cfg(test)]
