@@ -366,7 +366,7 @@ static int pick(Cta &c) {
 }
 
 static std::string describe_deadlock(const Cta &c) {
-    std::string s = "deadlock (divergent warp or barrier): no thread can run;";
+    std::string s = "deadlock (divergent warp, barrier or mbarrier): no thread can run;";
     for (size_t w = 0; w < c.warps.size(); ++w) {
         const Warp &wp = c.warps[w];
         if (wp.op == Op::kNone) continue;

@@ -154,6 +154,14 @@ struct ByteShadow {
     uint16_t async_readers;   // in-flight wgmma reading the byte (issued, not yet waited)
 };
 
+// An element a bulk copy read, held until its mbarrier's phase completes.
+struct LandedElement {
+    unsigned char *dst;
+    uint8_t bytes[4];
+    uint8_t n;
+    uint32_t epoch;  // the copy's TMA clock
+};
+
 // An mbarrier: the runtime's state beside its 8 bytes of shared memory.
 struct Mbarrier {
     uint32_t expected;   // arrivals per phase
@@ -165,9 +173,13 @@ struct Mbarrier {
     VectorClock completed;  // racecheck: those of the last completed phase
     int init_thread;
     bool init_fenced;  // its initialiser executed fence.mbarrier_init since (the TMA needs it)
+    // The bulk copies that completed their bytes in this phase: their destinations
+    // stay poison until the phase completes, then these bytes appear.
+    std::vector<LandedElement> landed;
 };
 
-// A bulk tensor copy in flight: it lands at a moment the schedule picks.
+// A bulk tensor copy in flight: it lands (completes its bytes on the mbarrier) at a
+// moment the schedule picks.
 struct BulkCopy {
     uint32_t dst;
     unsigned char map[128];  // the tensor map as the issuing thread saw it
@@ -275,22 +287,24 @@ void clock_acquire(Thread &t, const VectorClock &from);
 // __syncthreads, __syncwarp and warp collectives join the participants' clocks.
 void clock_join(Cta &c, const int *threads, int n);
 // A bulk copy's destination: checked as a write by the issuer at issue, pending
-// (unreadable) until it lands; then written by the TMA unit.
+// (unreadable) until its mbarrier phase completes; then written by the TMA unit.
 void race_bulk_issue(Thread &t, const unsigned char *dst, size_t n);
 // Returns the first byte a wgmma still reads (a race), or null.
 const unsigned char *race_bulk_land(Cta &c, const unsigned char *dst, size_t n, uint32_t epoch);
 // wgmma's shared operands: read from issue to the wait that retires it.
 void race_async_read_begin(Cta &c, const unsigned char *p, size_t n);
 void race_async_read_end(Thread &t, const unsigned char *p, size_t n);
-// A generic-proxy write not followed by fence.proxy.async of its writer, read by
-// the async proxy (wgmma): an error naming `what`.
+// A generic-proxy write not followed by fence.proxy.async of its writer, then
+// accessed by the async proxy (a wgmma read, a TMA write): an error naming `what`.
 void check_proxy_fence(Thread &t, const unsigned char *p, size_t n, const char *what);
 
 // isa_sm90_*.cpp
 // Lands one bulk copy in flight (the scheduler's choice), completing its transactions.
 void land_bulk(Cta &c, size_t i);
-// The mbarrier at `bar` receives `bytes` of completed transactions.
-void mbarrier_complete_tx(Cta &c, uint32_t bar, uint32_t bytes, uint32_t tma_epoch);
+// The mbarrier at `bar` receives `bytes` of completed transactions and the elements a
+// copy read, which appear in shared memory when its phase completes.
+void mbarrier_complete_tx(Cta &c, uint32_t bar, std::vector<LandedElement> &&landed, uint32_t bytes,
+                          uint32_t tma_epoch);
 // The deadlock report's lines for threads at mbarriers, named barriers and
 // warpgroup rendezvous.
 std::string describe_sm90_waits(const Cta &c);

@@ -30,6 +30,22 @@ static Mbarrier &barrier_at(Thread &t, uint32_t bar, const char *what) {
 
 static void complete_phase_if_done(Cta &c, Mbarrier &b) {
     if (b.pending != 0 || b.tx != 0) return;
+    // The phase's copies become visible now, written by the TMA unit.
+    for (const LandedElement &e : b.landed) {
+        memcpy(e.dst, e.bytes, e.n);
+        if (const unsigned char *conflict = race_bulk_land(c, e.dst, e.n, e.epoch)) {
+            ++c.counters.races;
+            char msg[200];
+            snprintf(msg, sizeof msg,
+                     "race on shared byte 0x%x: a bulk copy lands on it while a wgmma still reads it (issued, not "
+                     "yet retired)",
+                     shared_address_of(c, conflict));
+            record_error(*c.launch, &c, nullptr, msg);
+            c.failed = true;
+            return;
+        }
+    }
+    b.landed.clear();
     ++b.phase;
     b.pending = b.expected;
     if (c.clocks) {
@@ -51,7 +67,7 @@ void mbarrier_init(uint32_t bar, uint32_t count) {
     start_clocks(c);
     Mbarrier &b = c.mbarriers[bar];
     if (!b.waiters.empty()) fail("mbarrier.init of the barrier at 0x%x while threads wait on it", bar);
-    b = Mbarrier{count, count, 0, 0, {}, {}, {}, t.linear, false};
+    b = Mbarrier{count, count, 0, 0, {}, {}, {}, t.linear, false, {}};
     if (kRacecheck) race_access(t, p, 8, true);
     memset(p, 0, 8);
 }
@@ -75,7 +91,8 @@ void mbarrier_arrive(uint32_t bar, uint32_t tx_bytes) {
     complete_phase_if_done(c, b);
 }
 
-void mbarrier_complete_tx(Cta &c, uint32_t bar, uint32_t bytes, uint32_t tma_epoch) {
+void mbarrier_complete_tx(Cta &c, uint32_t bar, std::vector<LandedElement> &&landed, uint32_t bytes,
+                          uint32_t tma_epoch) {
     auto it = c.mbarriers.find(bar);
     if (it == c.mbarriers.end()) {
         char msg[160];
@@ -85,6 +102,7 @@ void mbarrier_complete_tx(Cta &c, uint32_t bar, uint32_t bytes, uint32_t tma_epo
         return;
     }
     Mbarrier &b = it->second;
+    b.landed.insert(b.landed.end(), landed.begin(), landed.end());
     b.tx -= bytes;
     if (c.clocks) {
         b.arrivals.resize(c.threads.size() + 1, 0);
@@ -213,6 +231,7 @@ std::string describe_sm90_waits(const Cta &c) {
         std::vector<int> warps;
         for (int w : b.waiters)
             if (std::find(warps.begin(), warps.end(), w / 32) == warps.end()) warps.push_back(w / 32);
+        std::sort(warps.begin(), warps.end());
         std::string ws;
         for (int w : warps) ws += (ws.empty() ? "" : ",") + std::to_string(w);
         snprintf(buf, sizeof buf,

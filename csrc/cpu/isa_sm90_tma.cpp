@@ -2,12 +2,12 @@
 // cp.async.bulk.tensor (tile mode, shared::cluster destination of this CTA,
 // mbarrier::complete_tx::bytes): the issuing thread hands the copy over and goes on;
 // the copy lands at a moment the schedule picks (at the latest when no thread can run
-// without it), writes the whole box (out-of-bounds elements as the map's fill, the
+// without it): it reads the whole box (out-of-bounds elements as the map's fill, the
 // destination swizzled as the map says) and completes its bytes as transactions on
-// the mbarrier. Until it lands its destination reads as poison (and, in racecheck, is
-// pending: any access is an error); once landed it is written by the TMA unit,
-// ordered before a thread only through a wait on that mbarrier. The box traversal is
-// the pure sm90::visit_box.
+// the mbarrier. Its destination reads as poison until that mbarrier phase completes
+// (and, in racecheck, is pending: any access before is an error); then the box
+// appears, written by the TMA unit, ordered before a thread only through a wait on
+// that mbarrier. The box traversal is the pure sm90::visit_box.
 #include "cpu/internal.h"
 #include "cpu/sm90_isa.h"
 
@@ -35,20 +35,19 @@ struct Landing {
     Cta *c;
     const BulkCopy *copy;
     const sm90::CpuTensorMap *m;
-    const unsigned char *conflict;
+    std::vector<LandedElement> elements;
 };
 
 void land_element(void *ctx, uint32_t dst, const unsigned char *src) {
     Landing &x = *static_cast<Landing *>(ctx);
     const uint32_t addr =
         sm90::swizzle_address(x.copy->dst + dst, static_cast<sm90::Swizzle>(x.m->swizzle));
-    unsigned char *p = shared_ptr(*x.c, addr, x.m->elem_bytes);
+    LandedElement e{shared_ptr(*x.c, addr, x.m->elem_bytes), {}, x.m->elem_bytes, x.copy->epoch};
     if (src != nullptr)
-        memcpy(p, src, x.m->elem_bytes);
+        memcpy(e.bytes, src, x.m->elem_bytes);
     else
-        memset(p, x.m->oob_nan ? 0xff : 0, x.m->elem_bytes);
-    const unsigned char *conflict = race_bulk_land(*x.c, p, x.m->elem_bytes, x.copy->epoch);
-    if (x.conflict == nullptr) x.conflict = conflict;
+        memset(e.bytes, x.m->oob_nan ? 0xff : 0, x.m->elem_bytes);
+    x.elements.push_back(e);
 }
 
 }  // namespace
@@ -80,8 +79,10 @@ void tma_load(uint32_t dst, const void *map, uint32_t bar, const int32_t *coords
     if (kRacecheck) race_access(t, shared_ptr(c, bar, 8), 8, false);
     IssueCheck check{&t, &m, 0};
     sm90::visit_box(m, coords, &check_source, &check);
+    // A generic-proxy write the copy overwrites must be fenced before the async proxy's.
+    check_proxy_fence(t, d, bytes, "cp.async.bulk.tensor");
     race_bulk_issue(t, d, bytes);
-    memset(d, 0xff, bytes);  // poison until it lands
+    memset(d, 0xff, bytes);  // poison until its phase completes
     BulkCopy copy;
     copy.dst = dst;
     memcpy(copy.map, &m, sizeof m);
@@ -102,20 +103,10 @@ void land_bulk(Cta &c, size_t i) {
     c.bulk.pop_back();
     sm90::CpuTensorMap m;
     memcpy(&m, copy.map, sizeof m);
-    Landing landing{&c, &copy, &m, nullptr};
+    Landing landing{&c, &copy, &m, {}};
+    landing.elements.reserve(sm90::box_bytes(m) / m.elem_bytes);
     sm90::visit_box(m, copy.coords, &land_element, &landing);
-    if (landing.conflict != nullptr) {
-        ++c.counters.races;
-        char msg[256];
-        snprintf(msg, sizeof msg,
-                 "race on shared byte 0x%x: a bulk copy issued by thread %d lands on it while a wgmma still reads it "
-                 "(issued, not yet retired)",
-                 shared_address_of(c, landing.conflict), copy.issuer);
-        record_error(*c.launch, &c, nullptr, msg);
-        c.failed = true;
-        return;
-    }
-    mbarrier_complete_tx(c, copy.bar, sm90::box_bytes(m), copy.epoch);
+    mbarrier_complete_tx(c, copy.bar, std::move(landing.elements), sm90::box_bytes(m), copy.epoch);
 }
 
 }  // namespace cpu

@@ -250,8 +250,8 @@ void check_proxy_fence(Thread &t, const unsigned char *p, size_t n, const char *
         const Access &w = b->write;
         if (w.thread < 0 || w.thread >= int32_t(c.threads.size())) continue;  // none, or the TMA unit (async proxy)
         if (c.threads[size_t(w.thread)].proxy_fences == w.proxy_fences)
-            fail("%s reads shared byte 0x%x through the async proxy, but thread %d wrote it through the generic "
-                 "proxy and has executed no fence.proxy.async since",
+            fail("%s accesses shared byte 0x%x through the async proxy, but thread %d wrote it through the "
+                 "generic proxy and has executed no fence.proxy.async since",
                  what, to_shared(p + i), w.thread);
     }
 }

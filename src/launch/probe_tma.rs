@@ -70,6 +70,11 @@ const THREADS: u32 = 128;
 
 /// Runs the probe on `b`.
 fn probe<B: Backend>(b: &B, x: &Vectors) -> Result<Outputs> {
+    probe_expecting(b, x, 0)
+}
+
+/// The probe with the mbarrier told to expect `extra` bytes more than the loads bring.
+fn probe_expecting<B: Backend>(b: &B, x: &Vectors, extra: u32) -> Result<Outputs> {
     assert_eq!(x.maps.len(), 6);
     let src = b.upload(x.src.as_slice())?;
     let table: Vec<i32> = x
@@ -108,7 +113,7 @@ fn probe<B: Backend>(b: &B, x: &Vectors) -> Result<Outputs> {
                 map5: maps[5],
                 loads: loads_addr,
                 n_loads: x.loads.len() as i32,
-                tx_bytes: tx_bytes as u32,
+                tx_bytes: tx_bytes as u32 + extra,
                 image_bytes: x.image_bytes,
                 out: out_addr,
             },
@@ -350,6 +355,27 @@ mod tests {
             let cpu = CpuBackend::with_options(CpuOptions { schedule, ..CpuOptions::default() });
             let out = probe(&cpu, &x).unwrap();
             check(&format!("CPU backend ({schedule:?})"), &x, &out);
+        }
+    }
+
+    /// An mbarrier phase waiting for bytes no copy brings never completes: the CPU
+    /// backend reports the deadlock, naming the kernel, the block, the waiting warps
+    /// and the barrier with what it still misses, instead of hanging.
+    #[cfg(feature = "cpu")]
+    #[test]
+    fn hopper_mbarrier_wait_that_cannot_complete_is_a_reported_deadlock() {
+        let cpu = crate::cpu::CpuBackend::new();
+        let msg = probe_expecting(&cpu, &vectors(), 16).expect_err("a wait for 16 bytes never sent").to_string();
+        for part in [
+            "maskattn_probe_hopper_tma",
+            "block (0,0,0)",
+            "deadlock",
+            "warp(s) {0,1,2,3}",
+            "wait on the mbarrier at 0x",
+            "for parity 0",
+            "16 transaction bytes missing",
+        ] {
+            assert!(msg.contains(part), "{part:?} missing from: {msg}");
         }
     }
 
