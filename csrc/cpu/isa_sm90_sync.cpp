@@ -129,6 +129,27 @@ bool mbarrier_try_wait(uint32_t bar, uint32_t parity) {
     }
 }
 
+bool mbarrier_test_wait(uint32_t bar, uint32_t parity) {
+    Thread &t = me();
+    Mbarrier &b = barrier_at(t, bar, "mbarrier.test_wait.parity");
+    if ((b.phase & 1) != (parity & 1)) {
+        clock_acquire(t, b.completed);
+        return true;
+    }
+    make_ready(*t.owner, t.linear);
+    yield(t);
+    return false;
+}
+
+void mbarrier_tx(uint32_t bar, int64_t bytes) {
+    Thread &t = me();
+    Mbarrier &b = barrier_at(t, bar, bytes > 0 ? "mbarrier.expect_tx" : "mbarrier.complete_tx");
+    b.tx += bytes;
+    if (!tx_in_range(b.tx)) fail("mbarrier at 0x%x: transaction count %lld out of range", bar, (long long)b.tx);
+    // .relaxed: no release of this thread's accesses; only arrivals and copies order.
+    complete_phase_if_done(*t.owner, b);
+}
+
 void named_barrier(int id, int threads, bool wait) {
     Thread &t = me();
     Cta &c = *t.owner;

@@ -25,6 +25,9 @@ inline void fence_proxy_async_shared() { cpu::fence_proxy_async(); }
 inline void mbarrier_arrive(uint32_t bar) { cpu::mbarrier_arrive(bar, 0); }
 inline void mbarrier_arrive_expect_tx(uint32_t bar, uint32_t bytes) { cpu::mbarrier_arrive(bar, bytes); }
 inline bool mbarrier_try_wait_parity(uint32_t bar, uint32_t parity) { return cpu::mbarrier_try_wait(bar, parity); }
+inline bool mbarrier_test_wait_parity(uint32_t bar, uint32_t parity) { return cpu::mbarrier_test_wait(bar, parity); }
+inline void mbarrier_expect_tx(uint32_t bar, uint32_t bytes) { cpu::mbarrier_tx(bar, int64_t(bytes)); }
+inline void mbarrier_complete_tx(uint32_t bar, uint32_t bytes) { cpu::mbarrier_tx(bar, -int64_t(bytes)); }
 inline void mbarrier_wait(uint32_t bar, uint32_t parity) {
     while (!mbarrier_try_wait_parity(bar, parity)) {
     }

@@ -83,6 +83,10 @@ void mbarrier_init(uint32_t bar, uint32_t count);
 void mbarrier_arrive(uint32_t bar, uint32_t tx_bytes);
 // Blocks the fiber until the phase of `parity` completes (the GPU's spin), then true.
 bool mbarrier_try_wait(uint32_t bar, uint32_t parity);
+// test_wait: one look (a false yields the fiber, so that a spin on it progresses).
+bool mbarrier_test_wait(uint32_t bar, uint32_t parity);
+// expect_tx (bytes > 0) or complete_tx (bytes < 0) by a thread, without arriving.
+void mbarrier_tx(uint32_t bar, int64_t bytes);
 void fence_mbarrier_init();
 void fence_proxy_async();
 void named_barrier(int id, int threads, bool wait);

@@ -101,6 +101,43 @@ __device__ __forceinline__ bool mbarrier_try_wait_parity(uint32_t bar, uint32_t 
 #endif
 }
 
+// One look, no wait: true once the phase of parity `parity` has completed.
+__device__ __forceinline__ bool mbarrier_test_wait_parity(uint32_t bar, uint32_t parity) {
+#if MASKATTN_SM90A
+    uint32_t done;
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+    return done != 0;
+#else
+    (void)bar; (void)parity;
+    __trap();
+    return false;
+#endif
+}
+
+// Adds `bytes` to the transactions the current phase waits for (no arrival).
+__device__ __forceinline__ void mbarrier_expect_tx(uint32_t bar, uint32_t bytes) {
+#if MASKATTN_SM90A
+    asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+#else
+    (void)bar; (void)bytes;
+    __trap();
+#endif
+}
+
+// Completes `bytes` of the current phase's transactions, as a copy's arrival would.
+__device__ __forceinline__ void mbarrier_complete_tx(uint32_t bar, uint32_t bytes) {
+#if MASKATTN_SM90A
+    asm volatile("mbarrier.complete_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+#else
+    (void)bar; (void)bytes;
+    __trap();
+#endif
+}
+
 __device__ __forceinline__ void mbarrier_wait(uint32_t bar, uint32_t parity) {
     while (!mbarrier_try_wait_parity(bar, parity)) {
     }

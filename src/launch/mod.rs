@@ -18,6 +18,8 @@ pub(crate) mod naive;
 #[cfg(test)]
 mod probe;
 #[cfg(test)]
+mod probe_mbarrier;
+#[cfg(test)]
 mod probe_sm90;
 #[cfg(test)]
 mod probe_tma;
