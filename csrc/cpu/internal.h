@@ -288,7 +288,7 @@ void clock_acquire(Thread &t, const VectorClock &from);
 void clock_join(Cta &c, const int *threads, int n);
 // A bulk copy's destination: checked as a write by the issuer at issue, pending
 // (unreadable) until its mbarrier phase completes; then written by the TMA unit.
-void race_bulk_issue(Thread &t, const unsigned char *dst, size_t n);
+void race_bulk_issue(Thread &t, const unsigned char *dst, size_t n, uint32_t epoch);
 // Returns the first byte a wgmma still reads (a race), or null.
 const unsigned char *race_bulk_land(Cta &c, const unsigned char *dst, size_t n, uint32_t epoch);
 // wgmma's shared operands: read from issue to the wait that retires it.

@@ -81,7 +81,8 @@ void tma_load(uint32_t dst, const void *map, uint32_t bar, const int32_t *coords
     sm90::visit_box(m, coords, &check_source, &check);
     // A generic-proxy write the copy overwrites must be fenced before the async proxy's.
     check_proxy_fence(t, d, bytes, "cp.async.bulk.tensor");
-    race_bulk_issue(t, d, bytes);
+    const uint32_t epoch = ++c.tma_clock;
+    race_bulk_issue(t, d, bytes, epoch);
     memset(d, 0xff, bytes);  // poison until its phase completes
     BulkCopy copy;
     copy.dst = dst;
@@ -90,7 +91,7 @@ void tma_load(uint32_t dst, const void *map, uint32_t bar, const int32_t *coords
     copy.rank = rank;
     copy.bar = bar;
     copy.issuer = t.linear;
-    copy.epoch = ++c.tma_clock;
+    copy.epoch = epoch;
     c.bulk.push_back(copy);
     ++c.counters.tma_loads;
     c.counters.bytes_tma += bytes;

@@ -208,11 +208,18 @@ void clock_join(Cta &c, const int *threads, int n) {
     for (int i = 0; i < n; ++i) clock_acquire(c.threads[size_t(threads[i])], joined);
 }
 
-void race_bulk_issue(Thread &t, const unsigned char *dst, size_t n) {
+void race_bulk_issue(Thread &t, const unsigned char *dst, size_t n, uint32_t epoch) {
     if (!kRacecheck) return;
+    // Checked as a write of the issuer (what it knows orders the copy), recorded as the
+    // TMA unit's, pending until its mbarrier phase completes.
     race_access(t, dst, n, true);
     Cta &c = *t.owner;
-    for (size_t i = 0; i < n; ++i) shadow_of(c, dst + i)->pending = true;
+    const Access tma{0xffffffffu, 0, int32_t(c.threads.size()), kPlain, epoch, 0};
+    for (size_t i = 0; i < n; ++i) {
+        ByteShadow *b = shadow_of(c, dst + i);
+        b->write = tma;
+        b->pending = true;
+    }
 }
 
 const unsigned char *race_bulk_land(Cta &c, const unsigned char *dst, size_t n, uint32_t epoch) {
