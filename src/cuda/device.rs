@@ -10,15 +10,11 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
+use super::build_info::FATBIN;
 use crate::error::{Error, Result};
 use crate::launch::{self, Backend, KernelArgs, KernelLaunch, Scalar};
 use crate::mask::Mask;
 use crate::tiles::{TileClass, TileConfig, TileShape, TileSummary};
-
-/// Every kernel of csrc/, compiled by build.rs: SASS for sm_80 (also run by sm_86
-/// and sm_89), sm_90a and sm_120, PTX for compute_80 (the driver JITs it on other
-/// GPUs), compressed (`--compress-mode=size`).
-static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/maskattn.fatbin"));
 
 #[cfg(target_os = "windows")]
 const DRIVER_LIBS: &[&str] = &["nvcuda.dll"];

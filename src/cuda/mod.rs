@@ -15,6 +15,7 @@
 mod attention;
 mod backward;
 mod bench;
+mod build_info;
 mod device;
 mod naive;
 mod ptxas;
@@ -27,6 +28,7 @@ pub use crate::launch::{KernelElement, Layout4};
 pub use attention::{DeviceMask, DeviceTensor, DeviceTensorMut};
 pub use backward::DeviceBackwardMask;
 pub use bench::{BackwardCaseBuffers, CaseBuffers};
+pub use build_info::{KernelBuild, KERNEL_BUILD};
 pub use cudarc;
 pub use device::{driver_available, Gpu};
 pub use ptxas::{kernel_resources, KernelResources, PTXAS_REPORT};
