@@ -6,7 +6,9 @@
 //! Everything here returns errors as values. A machine without the NVIDIA driver
 //! gets [`Error::NoDriver`](crate::Error::NoDriver) from [`Gpu::new`] (cudarc itself
 //! would panic: the library is probed first), a driver without a device gets
-//! [`Error::NoDevice`](crate::Error::NoDevice).
+//! [`Error::NoDevice`](crate::Error::NoDevice), a driver too old for the embedded
+//! kernels [`Error::DriverTooOld`](crate::Error::DriverTooOld) (before any module
+//! load; [`KERNEL_BUILD`] says which toolkit built them).
 //!
 //! cudarc is re-exported so that callers use the very types maskattn takes
 //! ([`cudarc::driver::CudaSlice`], [`cudarc::driver::CudaStream`]); candle uses the
@@ -30,7 +32,7 @@ pub use backward::DeviceBackwardMask;
 pub use bench::{BackwardCaseBuffers, CaseBuffers};
 pub use build_info::{KernelBuild, KERNEL_BUILD};
 pub use cudarc;
-pub use device::{driver_available, Gpu};
+pub use device::{driver_available, driver_version, Gpu};
 pub use ptxas::{kernel_resources, KernelResources, PTXAS_REPORT};
 pub use xattention::xattn_structured_inputs;
 
