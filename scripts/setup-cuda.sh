@@ -3,6 +3,9 @@
 # - the CUDA 13.0 compiler (nvcc) from NVIDIA's PyPI wheels, pinned, in a venv under
 #   ${MASKATTN_CUDA_DIR:-~/.cache/maskattn/cuda-13.0.88} (build.rs finds it there);
 #   skipped when NVCC is set or nvcc is on PATH;
+# - cuobjdump and nvdisasm from NVIDIA's PyPI wheels, pinned, in a venv under
+#   ${MASKATTN_CUDA_TOOLS_DIR:-~/.cache/maskattn/cuda-tools}, always (whatever nvcc is
+#   used): tests/fatbin_static.rs reads the built fatbin with them;
 # - libclang (for the bindgen freshness test), through apt when missing.
 # Idempotent: a second run does nothing. Prints the nvcc it will use.
 set -euo pipefail
@@ -26,6 +29,18 @@ else
   "$dir/bin/pip" install --quiet --disable-pip-version-check "${pins[@]}"
   nvcc=$(pinned_nvcc)
   [ -n "$nvcc" ] || { echo "setup-cuda: nvcc missing after install in $dir" >&2; exit 1; }
+fi
+
+# Binary utilities, newer than the pinned compiler: they read fatbins of every CUDA 12
+# and 13 nvcc the build accepts (build/nvcc.rs).
+tools=${MASKATTN_CUDA_TOOLS_DIR:-$HOME/.cache/maskattn/cuda-tools}
+tool_pins=(nvidia-cuda-cuobjdump==13.4.92 nvidia-cuda-nvdisasm==13.5.37)
+tool_in() { ls "$tools"/lib/python3*/site-packages/nvidia/cu13/bin/"$1" 2>/dev/null | head -n1; }
+if [ -z "$(tool_in cuobjdump)" ] || [ -z "$(tool_in nvdisasm)" ]; then
+  echo "setup-cuda: installing cuobjdump and nvdisasm into $tools" >&2
+  python3 -m venv "$tools"
+  "$tools/bin/pip" install --quiet --disable-pip-version-check "${tool_pins[@]}"
+  [ -n "$(tool_in cuobjdump)" ] || { echo "setup-cuda: cuobjdump missing after install in $tools" >&2; exit 1; }
 fi
 
 if ! ldconfig -p 2>/dev/null | grep -q 'libclang\(-[0-9.]*\)\?\.so'; then
