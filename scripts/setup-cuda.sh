@@ -31,16 +31,22 @@ else
   [ -n "$nvcc" ] || { echo "setup-cuda: nvcc missing after install in $dir" >&2; exit 1; }
 fi
 
-# Binary utilities, newer than the pinned compiler: they read fatbins of every CUDA 12
-# and 13 nvcc the build accepts (build/nvcc.rs).
+# Binary utilities as new as the newest nvcc the build was checked with (13.5): the
+# cuobjdump of 13.4 fails (`-elf`) on the line tables of a 13.5 fatbin, and cuobjdump
+# runs nvdisasm for `-sass`. They read the fatbins of the older toolkits too.
 tools=${MASKATTN_CUDA_TOOLS_DIR:-$HOME/.cache/maskattn/cuda-tools}
-tool_pins=(nvidia-cuda-cuobjdump==13.4.92 nvidia-cuda-nvdisasm==13.5.37)
+tools_version=13.5.37
+tool_pins=(nvidia-cuda-cuobjdump==$tools_version nvidia-cuda-nvdisasm==$tools_version)
 tool_in() { ls "$tools"/lib/python3*/site-packages/nvidia/cu13/bin/"$1" 2>/dev/null | head -n1; }
-if [ -z "$(tool_in cuobjdump)" ] || [ -z "$(tool_in nvdisasm)" ]; then
-  echo "setup-cuda: installing cuobjdump and nvdisasm into $tools" >&2
+tools_ok() {
+  [ -n "$(tool_in nvdisasm)" ] && [ -n "$(tool_in cuobjdump)" ] &&
+    "$(tool_in cuobjdump)" --version 2>/dev/null | grep -q "V$tools_version"
+}
+if ! tools_ok; then
+  echo "setup-cuda: installing cuobjdump and nvdisasm $tools_version into $tools" >&2
   python3 -m venv "$tools"
   "$tools/bin/pip" install --quiet --disable-pip-version-check "${tool_pins[@]}"
-  [ -n "$(tool_in cuobjdump)" ] || { echo "setup-cuda: cuobjdump missing after install in $tools" >&2; exit 1; }
+  tools_ok || { echo "setup-cuda: cuobjdump/nvdisasm $tools_version missing after install in $tools" >&2; exit 1; }
 fi
 
 if ! ldconfig -p 2>/dev/null | grep -q 'libclang\(-[0-9.]*\)\?\.so'; then

@@ -70,7 +70,9 @@ fn every_kernel_for_every_target_and_the_toolkit_recorded() {
     }
     println!("{} kernels in each of {:?} and in the {} PTX (ISA {}.{})", kernels.len(), b.sass, b.ptx, isa.0, isa.1);
 
-    let cubins = tool.cubins(path).unwrap();
+    let cubins = tool.cubins(path).unwrap_or_else(|e| {
+        panic!("{e}\n(a cuobjdump older than nvcc {} may not read its cubins: run scripts/setup-cuda.sh)", b.toolkit)
+    });
     assert_eq!(cubins.iter().map(|c| c.arch.as_str()).collect::<Vec<_>>(), b.sass);
     let release = format!("release {}", b.toolkit);
     for c in &cubins {

@@ -3,9 +3,10 @@
 //! (tests/fatbin_static.rs); a test that looks for instructions in one kernel's SASS
 //! takes `Cuobjdump::find()?.sass(fatbin.path(), "sm_90a")?.functions["name"]`.
 //!
-//! cuobjdump comes from NVIDIA's PyPI wheels, installed by scripts/setup-cuda.sh
-//! into ~/.cache/maskattn/cuda-tools (`MASKATTN_CUDA_TOOLS_DIR`); `MASKATTN_CUOBJDUMP`
-//! names another.
+//! cuobjdump and nvdisasm come from NVIDIA's PyPI wheels (13.5.37: an older
+//! cuobjdump cannot dump the cubins of a newer nvcc), installed by
+//! scripts/setup-cuda.sh into ~/.cache/maskattn/cuda-tools (`MASKATTN_CUDA_TOOLS_DIR`);
+//! `MASKATTN_CUOBJDUMP` names another.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -75,15 +76,22 @@ impl Cuobjdump {
     }
 
     fn run(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(&self.exe).args(args).output().map_err(|e| format!("{}: {e}", self.exe.display()))?;
+        // `-sass` runs nvdisasm, which the wheels install beside cuobjdump.
+        let dir = self.exe.parent().map(Path::to_path_buf).unwrap_or_default();
+        let path = std::env::join_paths(
+            std::iter::once(dir).chain(std::env::var_os("PATH").iter().flat_map(std::env::split_paths)),
+        )
+        .map_err(|e| e.to_string())?;
+        let out = Command::new(&self.exe)
+            .args(args)
+            .env("PATH", path)
+            .output()
+            .map_err(|e| format!("{}: {e}", self.exe.display()))?;
         if !out.status.success() {
-            return Err(format!(
-                "{} {}: {}{}",
-                self.exe.display(),
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
+            // A failing -elf dump prints megabytes before its error: keep the end.
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let tail: String = text.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+            return Err(format!("{} {} failed ({}): ...{tail}", self.exe.display(), args.join(" "), out.status));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
