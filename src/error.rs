@@ -41,6 +41,24 @@ pub enum Error {
     /// The driver loaded but no usable device was found.
     #[error("no CUDA device: {0}")]
     NoDevice(String),
+    /// The driver is older than the embedded kernels need: returned by `Gpu::new`
+    /// before the kernels are loaded (see [`crate::compat`] for the rule).
+    #[error(
+        "CUDA driver too old: it supports CUDA {driver}, maskattn's kernels (built by nvcc {built_with}) need a driver \
+         supporting CUDA {needed}: {reason}. Fix: {fix}"
+    )]
+    DriverTooOld {
+        /// The newest CUDA version the driver supports (`cuDriverGetVersion`).
+        driver: crate::compat::CudaVersion,
+        /// The oldest the kernels load on, for this GPU.
+        needed: crate::compat::CudaVersion,
+        /// The version of the nvcc that built the embedded fatbin.
+        built_with: crate::compat::CudaVersion,
+        /// Why that version (SASS with minor-version compatibility, or PTX JIT).
+        reason: String,
+        /// What to do: a newer driver, or a rebuild with an older toolkit.
+        fix: String,
+    },
     /// A CUDA driver call (allocation, copy, module load, launch) failed.
     #[error("CUDA error: {0}")]
     Cuda(String),

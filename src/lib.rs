@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod cases;
+pub mod compat;
 mod error;
 #[allow(missing_docs, non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code)]
 mod ffi;

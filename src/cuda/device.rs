@@ -10,16 +10,13 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
+use super::build_info::{FATBIN, KERNEL_BUILD};
+use crate::compat::{self, CudaVersion};
 use crate::error::{Error, Result};
 use crate::launch::tensor_map::{OobFill, TensorMapBytes, TensorMapSpec, TmaElement, TmaSwizzle};
 use crate::launch::{self, Backend, KernelArgs, KernelLaunch, Scalar};
 use crate::mask::Mask;
 use crate::tiles::{TileClass, TileConfig, TileShape, TileSummary};
-
-/// Every kernel of csrc/, compiled by build.rs: SASS for sm_80 (also run by sm_86
-/// and sm_89), sm_90a and sm_120, PTX for compute_80 (the driver JITs it on other
-/// GPUs), compressed (`--compress-mode=size`).
-static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/maskattn.fatbin"));
 
 #[cfg(target_os = "windows")]
 const DRIVER_LIBS: &[&str] = &["nvcuda.dll"];
@@ -45,6 +42,16 @@ pub fn driver_available() -> Result<()> {
         })
         .clone()
         .map_err(Error::NoDriver)
+}
+
+/// The newest CUDA version the installed driver supports (`cuDriverGetVersion`;
+/// nvidia-smi's "CUDA Version").
+pub fn driver_version() -> Result<CudaVersion> {
+    driver_available()?;
+    let mut version = 0;
+    // SAFETY: one int written by the driver; callable before cuInit.
+    unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) }.result()?;
+    CudaVersion::from_driver_api(version).ok_or_else(|| Error::Cuda(format!("cuDriverGetVersion returned {version}")))
 }
 
 /// A CUDA device with a stream and maskattn's kernels loaded: the handle every GPU
@@ -77,9 +84,16 @@ impl Gpu {
 
     /// Works on an existing stream (and its context), e.g. the one of a candle
     /// device, so that maskattn's kernels are ordered with the caller's work.
+    ///
+    /// A driver too old for the embedded kernels is [`Error::DriverTooOld`], found
+    /// before the kernels are loaded (see [`crate::compat`]).
     pub fn with_stream(stream: Arc<CudaStream>) -> Result<Self> {
         driver_available()?;
         let ctx = stream.context();
+        let (major, minor) = ctx.compute_capability()?;
+        let cc = (u32::try_from(major).unwrap_or(0), u32::try_from(minor).unwrap_or(0));
+        let requirement = KERNEL_BUILD.driver_requirement(cc)?;
+        compat::check_driver(driver_version()?, KERNEL_BUILD.toolkit, &requirement)?;
         let module = ctx.load_module(Ptx::from_binary(FATBIN.to_vec()))?;
         let smem_budget = ctx.attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?.max(0) as u32;
         Ok(Self { stream, module, smem_budget, tile_config: TileConfig::Auto })

@@ -6,7 +6,9 @@
 //! Everything here returns errors as values. A machine without the NVIDIA driver
 //! gets [`Error::NoDriver`](crate::Error::NoDriver) from [`Gpu::new`] (cudarc itself
 //! would panic: the library is probed first), a driver without a device gets
-//! [`Error::NoDevice`](crate::Error::NoDevice).
+//! [`Error::NoDevice`](crate::Error::NoDevice), a driver too old for the embedded
+//! kernels [`Error::DriverTooOld`](crate::Error::DriverTooOld) (before any module
+//! load; [`KERNEL_BUILD`] says which toolkit built them).
 //!
 //! cudarc is re-exported so that callers use the very types maskattn takes
 //! ([`cudarc::driver::CudaSlice`], [`cudarc::driver::CudaStream`]); candle uses the
@@ -15,6 +17,7 @@
 mod attention;
 mod backward;
 mod bench;
+mod build_info;
 mod device;
 mod naive;
 mod ptxas;
@@ -27,8 +30,9 @@ pub use crate::launch::{KernelElement, Layout4};
 pub use attention::{DeviceMask, DeviceTensor, DeviceTensorMut};
 pub use backward::DeviceBackwardMask;
 pub use bench::{BackwardCaseBuffers, CaseBuffers};
+pub use build_info::{KernelBuild, KERNEL_BUILD};
 pub use cudarc;
-pub use device::{driver_available, Gpu};
+pub use device::{driver_available, driver_version, Gpu};
 pub use ptxas::{kernel_resources, KernelResources, PTXAS_REPORT};
 pub use xattention::xattn_structured_inputs;
 

@@ -3,6 +3,8 @@
 
 use std::io::Write;
 
+pub mod cuobjdump;
+
 use maskattn::{Mask, Segment, VideoLayout};
 use ndarray::Array4;
 use proptest::prelude::*;
