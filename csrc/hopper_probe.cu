@@ -23,7 +23,7 @@ constexpr int kAccWords = 128;
 // A-fragment words per thread: four for each of up to two k16 steps.
 constexpr int kAWords = 8;
 
-// The kernel's buffers (see maskattn_probe_wgmma) and the aligned tile.
+// The kernel's buffers (see maskattn_probe_hopper_wgmma) and the aligned tile.
 struct Io {
     unsigned char *tile;
     const uint32_t *image;
@@ -102,7 +102,7 @@ __device__ __forceinline__ void probe_case(int c, const Io &io) {
 // k16 step; scale_d [12]; a_regs [12][128][8]: per thread A's four registers for
 // step 0, then step 1; c_in [12][128][128]: per thread the initial accumulator d[i]
 // (f32 bits, i < N / 2) -> d_out [12][128][128]: the accumulator after wait_group 0.
-extern "C" __global__ void maskattn_probe_wgmma(const uint32_t *image, const uint64_t *descs,
+extern "C" __global__ void maskattn_probe_hopper_wgmma(const uint32_t *image, const uint64_t *descs,
                                                 const uint32_t *scale_d, const uint32_t *a_regs,
                                                 const uint32_t *c_in, uint32_t *d_out) {
     using maskattn::hopper_probe::probe_case;
@@ -122,4 +122,4 @@ extern "C" __global__ void maskattn_probe_wgmma(const uint32_t *image, const uin
     probe_case<__half, 96, 0, 1, true, 1>(10, io);
     probe_case<__nv_bfloat16, 192, 0, 0, true, 2>(11, io);
 }
-MASKATTN_REGISTER_KERNEL(maskattn_probe_wgmma)
+MASKATTN_REGISTER_KERNEL(maskattn_probe_hopper_wgmma)

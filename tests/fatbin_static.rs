@@ -64,7 +64,16 @@ fn every_kernel_for_every_target_and_the_toolkit_recorded() {
         let sass = tool.sass(path, arch).unwrap();
         let in_sass: BTreeSet<String> = sass.functions.keys().cloned().collect();
         assert_eq!(in_sass, kernels, "{arch}: SASS kernels differ from the PTX entries");
-        assert!(sass.functions.values().all(|s| s.contains("EXIT")), "{arch}: a kernel without EXIT");
+        for (name, code) in &sass.functions {
+            // The Hopper kernels' primitives exist on sm_90a only: elsewhere they are
+            // trap stubs (csrc/prims/sm90.cuh), which never reach an EXIT.
+            let stub = arch != "sm_90a" && name.contains("hopper");
+            if stub {
+                assert!(code.contains("BPT.TRAP") && !code.contains("HGMMA"), "{arch}: {name} is not a trap stub");
+            } else {
+                assert!(code.contains("EXIT"), "{arch}: {name} without EXIT");
+            }
+        }
         let in_report: BTreeSet<String> = reported.iter().filter(|r| r.arch == arch).map(|r| r.name.clone()).collect();
         assert_eq!(in_report, kernels, "{arch}: ptxas report and fatbin disagree");
     }

@@ -15,7 +15,7 @@ use super::{kernel_args, Backend, KernelLaunch};
 use crate::error::Result;
 
 kernel_args! {
-    /// `maskattn_probe_wgmma`: see csrc/hopper_probe.cu for the layouts.
+    /// `maskattn_probe_hopper_wgmma`: see csrc/hopper_probe.cu for the layouts.
     WgmmaProbeArgs {
         image: u64,
         descs: u64,
@@ -67,7 +67,7 @@ fn probe<B: Backend>(b: &B, x: &Inputs) -> Result<Vec<u32>> {
         let d_out = b.addr_mut(&mut out);
         let i = |k: usize| ins[k].0;
         let launch = KernelLaunch {
-            kernel: "maskattn_probe_wgmma".into(),
+            kernel: "maskattn_probe_hopper_wgmma".into(),
             grid: (1, 1, 1),
             block: (THREADS as u32, 1, 1),
             // The image and up to 1,024 bytes to align it on the 128B pattern.
