@@ -262,6 +262,43 @@ pub(crate) fn check_smem_budget<B: Backend + ?Sized, P>(b: &B, launches: &[Kerne
     }
 }
 
+/// The GPU a conformance test runs its GPU half on, or `None` after a line saying why
+/// it skips: no usable GPU (a failure instead under `MASKATTN_REQUIRE_GPU=1`), or,
+/// with `sm90`, a GPU other than sm_90 (the Hopper instructions exist only there).
+#[cfg(all(test, feature = "cuda"))]
+pub(crate) fn test_gpu(what: &str, sm90: bool) -> Option<crate::cuda::Gpu> {
+    let gpu = match crate::cuda::Gpu::new(0) {
+        Ok(g) => g,
+        Err(e) if std::env::var("MASKATTN_REQUIRE_GPU").as_deref() == Ok("1") => {
+            panic!("MASKATTN_REQUIRE_GPU=1 but no GPU is usable: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping the GPU half of the {what}: {e}");
+            return None;
+        }
+    };
+    if sm90 {
+        match gpu.compute_capability() {
+            Ok((9, 0)) => {}
+            cc => {
+                eprintln!("skipping the GPU half of the {what}: it needs sm_90a, the GPU is {cc:?}");
+                return None;
+            }
+        }
+    }
+    Some(gpu)
+}
+
+/// One CPU backend per schedule (random, victim, round robin): a conformance test
+/// runs on each, so that no interleaving hides a primitive's misordering.
+#[cfg(all(test, feature = "cpu"))]
+pub(crate) fn cpu_backends_per_schedule() -> impl Iterator<Item = (crate::cpu::Schedule, crate::cpu::CpuBackend)> {
+    use crate::cpu::{CpuBackend, CpuOptions, Schedule};
+    [Schedule::Random, Schedule::Victim, Schedule::RoundRobin]
+        .into_iter()
+        .map(|schedule| (schedule, CpuBackend::with_options(CpuOptions { schedule, ..CpuOptions::default() })))
+}
+
 /// A buffer as a plan sees it: its address and its length in elements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BufArg {

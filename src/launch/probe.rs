@@ -419,10 +419,8 @@ mod tests {
     #[cfg(feature = "cpu")]
     #[test]
     fn cpu_backend_primitives_match_the_isa() {
-        use crate::cpu::{CpuBackend, CpuOptions, Schedule};
         let (x, cases) = vectors();
-        for schedule in [Schedule::Random, Schedule::Victim, Schedule::RoundRobin] {
-            let cpu = CpuBackend::with_options(CpuOptions { schedule, ..CpuOptions::default() });
+        for (schedule, cpu) in crate::launch::cpu_backends_per_schedule() {
             let out = probe(&cpu, &x).unwrap();
             check(&format!("CPU backend ({schedule:?})"), &x, &cases, &out);
         }
@@ -433,16 +431,7 @@ mod tests {
     #[cfg(feature = "cuda")]
     #[test]
     fn gpu_primitives_match_the_isa() {
-        let gpu = match crate::cuda::Gpu::new(0) {
-            Ok(g) => g,
-            Err(e) if std::env::var("MASKATTN_REQUIRE_GPU").as_deref() == Ok("1") => {
-                panic!("MASKATTN_REQUIRE_GPU=1 but no GPU is usable: {e}")
-            }
-            Err(e) => {
-                eprintln!("skipping the GPU half of the primitive conformance test: {e}");
-                return;
-            }
-        };
+        let Some(gpu) = crate::launch::test_gpu("primitive conformance test", false) else { return };
         let (x, cases) = vectors();
         let out = probe(&gpu, &x).unwrap();
         check("GPU", &x, &cases, &out);

@@ -171,10 +171,8 @@ mod tests {
     #[cfg(feature = "cpu")]
     #[test]
     fn cpu_backend_hopper_mbarrier_phases_match_the_isa() {
-        use crate::cpu::{CpuBackend, CpuOptions, Schedule};
         let s = script();
-        for schedule in [Schedule::Random, Schedule::Victim, Schedule::RoundRobin] {
-            let cpu = CpuBackend::with_options(CpuOptions { schedule, ..CpuOptions::default() });
+        for (schedule, cpu) in crate::launch::cpu_backends_per_schedule() {
             assert_eq!(probe(&cpu, &s).unwrap(), expected(&s), "CPU backend ({schedule:?})");
         }
     }
@@ -183,23 +181,7 @@ mod tests {
     #[cfg(feature = "cuda")]
     #[test]
     fn gpu_hopper_mbarrier_phases_match_the_isa() {
-        let gpu = match crate::cuda::Gpu::new(0) {
-            Ok(g) => g,
-            Err(e) if std::env::var("MASKATTN_REQUIRE_GPU").as_deref() == Ok("1") => {
-                panic!("MASKATTN_REQUIRE_GPU=1 but no GPU is usable: {e}")
-            }
-            Err(e) => {
-                eprintln!("skipping the GPU half of the mbarrier conformance test: {e}");
-                return;
-            }
-        };
-        match gpu.compute_capability().unwrap() {
-            (9, 0) => {}
-            cc => {
-                eprintln!("skipping the GPU half of the mbarrier conformance test: sm_{}{} has no sm_90a", cc.0, cc.1);
-                return;
-            }
-        }
+        let Some(gpu) = crate::launch::test_gpu("mbarrier conformance test", true) else { return };
         let s = script();
         assert_eq!(probe(&gpu, &s).unwrap(), expected(&s), "GPU");
     }

@@ -440,10 +440,8 @@ mod tests {
     #[cfg(feature = "cpu")]
     #[test]
     fn cpu_backend_hopper_wgmma_matches_the_isa() {
-        use crate::cpu::{CpuBackend, CpuOptions, Schedule};
         let (x, want) = vectors();
-        for schedule in [Schedule::Random, Schedule::Victim, Schedule::RoundRobin] {
-            let cpu = CpuBackend::with_options(CpuOptions { schedule, ..CpuOptions::default() });
+        for (schedule, cpu) in crate::launch::cpu_backends_per_schedule() {
             let out = probe(&cpu, &x).unwrap();
             check(&format!("CPU backend ({schedule:?})"), &want, &out);
         }
@@ -453,23 +451,7 @@ mod tests {
     #[cfg(feature = "cuda")]
     #[test]
     fn gpu_hopper_wgmma_matches_the_isa() {
-        let gpu = match crate::cuda::Gpu::new(0) {
-            Ok(g) => g,
-            Err(e) if std::env::var("MASKATTN_REQUIRE_GPU").as_deref() == Ok("1") => {
-                panic!("MASKATTN_REQUIRE_GPU=1 but no GPU is usable: {e}")
-            }
-            Err(e) => {
-                eprintln!("skipping the GPU half of the wgmma conformance test: {e}");
-                return;
-            }
-        };
-        match gpu.compute_capability() {
-            Ok((9, 0)) => {}
-            cc => {
-                eprintln!("skipping the GPU half of the wgmma conformance test: wgmma needs sm_90a, the GPU is {cc:?}");
-                return;
-            }
-        }
+        let Some(gpu) = crate::launch::test_gpu("wgmma conformance test", true) else { return };
         let (x, want) = vectors();
         let out = probe(&gpu, &x).unwrap();
         check("GPU", &want, &out);

@@ -349,10 +349,8 @@ mod tests {
     #[cfg(feature = "cpu")]
     #[test]
     fn cpu_backend_hopper_tma_matches_the_isa() {
-        use crate::cpu::{CpuBackend, CpuOptions, Schedule};
         let x = vectors();
-        for schedule in [Schedule::Random, Schedule::Victim, Schedule::RoundRobin] {
-            let cpu = CpuBackend::with_options(CpuOptions { schedule, ..CpuOptions::default() });
+        for (schedule, cpu) in crate::launch::cpu_backends_per_schedule() {
             let out = probe(&cpu, &x).unwrap();
             check(&format!("CPU backend ({schedule:?})"), &x, &out);
         }
@@ -384,23 +382,7 @@ mod tests {
     #[cfg(feature = "cuda")]
     #[test]
     fn gpu_hopper_tma_matches_the_isa() {
-        let gpu = match crate::cuda::Gpu::new(0) {
-            Ok(g) => g,
-            Err(e) if std::env::var("MASKATTN_REQUIRE_GPU").as_deref() == Ok("1") => {
-                panic!("MASKATTN_REQUIRE_GPU=1 but no GPU is usable: {e}")
-            }
-            Err(e) => {
-                eprintln!("skipping the GPU half of the TMA conformance test: {e}");
-                return;
-            }
-        };
-        match gpu.compute_capability().unwrap() {
-            (9, 0) => {}
-            cc => {
-                eprintln!("skipping the GPU half of the TMA conformance test: sm_{}{} has no sm_90a TMA", cc.0, cc.1);
-                return;
-            }
-        }
+        let Some(gpu) = crate::launch::test_gpu("TMA conformance test", true) else { return };
         let x = vectors();
         let out = probe(&gpu, &x).unwrap();
         check("GPU", &x, &out);
