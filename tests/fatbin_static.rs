@@ -32,7 +32,15 @@ const SAMPLE: &[&str] = &[
 
 #[test]
 fn every_kernel_for_every_target_and_the_toolkit_recorded() {
-    let tool = Cuobjdump::find().unwrap_or_else(|e| panic!("{e}"));
+    let tool = match Cuobjdump::find() {
+        Ok(t) => t,
+        // A test binary carried to a device machine without the tools (scripts/gpu-bundle.sh).
+        Err(e) if !std::path::Path::new(KERNEL_BUILD.nvcc).is_file() => {
+            eprintln!("skipping: {e}");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
     let fatbin = embedded_fatbin().unwrap();
     let path = fatbin.path();
     let b = &KERNEL_BUILD;

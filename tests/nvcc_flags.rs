@@ -177,6 +177,11 @@ fn an_nvcc_that_prints_no_version_is_an_error_naming_it() {
 #[test]
 fn the_library_records_the_version_build_rs_found() {
     let build = maskattn::cuda::KERNEL_BUILD;
+    if !Path::new(build.nvcc).is_file() {
+        // A test binary carried to another machine (scripts/gpu-bundle.sh).
+        eprintln!("skipping: {} is not on this machine", build.nvcc);
+        return;
+    }
     let found = nvcc::query_version(Path::new(build.nvcc)).unwrap();
     assert_eq!((build.toolkit.major, build.toolkit.minor), (found.major, found.minor));
     assert_eq!(build.sass, nvcc::plan(found).unwrap().sass.as_slice());

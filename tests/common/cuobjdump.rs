@@ -39,7 +39,7 @@ pub struct CubinInfo {
 
 impl Cuobjdump {
     /// `MASKATTN_CUOBJDUMP`, else the tools venv of scripts/setup-cuda.sh, else the
-    /// one beside the nvcc that built the kernels, else PATH.
+    /// one beside the nvcc that built the kernels, else PATH, else /usr/local/cuda.
     pub fn find() -> Result<Self, String> {
         if let Some(p) = std::env::var_os("MASKATTN_CUOBJDUMP") {
             return Ok(Self { exe: p.into() });
