@@ -455,6 +455,13 @@ static void run_cta(Launch &l, Cta &c, Stacks &stacks, uint3 block_idx, uint64_t
     while (!c.failed) {
         // A bulk copy in flight lands at a moment the schedule picks, at the latest
         // when no thread can run without it.
+        if (c.exited == int(n) && !c.bulk.empty()) {
+            char msg[128];
+            snprintf(msg, sizeof msg, "every thread exited with %zu bulk copies in flight (their shared memory is gone)",
+                     c.bulk.size());
+            record_error(l, &c, nullptr, msg);
+            break;
+        }
         if (!c.bulk.empty() && (c.ready.empty() || c.rng() % 4 == 0)) {
             land_bulk(c, size_t(c.rng() % c.bulk.size()));
             continue;

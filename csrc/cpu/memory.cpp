@@ -86,6 +86,7 @@ static bool ordered(const Cta &c, const Access &a, const Thread &t) {
     if (a.thread < 0 || a.thread == t.linear) return true;
     if (c.counters.barriers > a.barriers) return true;
     if (c.clocks && a.epoch != kNoEpoch && t.vc[size_t(a.thread)] >= a.epoch) return true;
+    if (a.thread >= int32_t(c.threads.size())) return false;  // the TMA unit: only an mbarrier orders it
     if (a.thread / 32 != t.warp) return false;
     const Warp &w = c.warps[t.warp];
     return w.syncs > a.warp_syncs || (a.collective != kPlain && w.collectives > a.collective);
