@@ -69,7 +69,6 @@ maskattn_cpu_fiber_start:
     .size maskattn_cpu_fiber_start, .-maskattn_cpu_fiber_start
 )");
 
-
 // A fresh context that calls fn(arg) on the stack [base, base + size).
 static void make_context(Context &c, void *base, size_t size, void (*fn)(void *), void *arg) {
     uintptr_t top = (reinterpret_cast<uintptr_t>(base) + size) & ~uintptr_t(15);
@@ -117,7 +116,6 @@ static inline void switch_context(Context &from, Context &to) { swapcontext(&fro
 
 // ---------------------------------------------------------------------------------
 // Kernel registry.
-
 
 static std::map<std::string, KernelEntry> &registry() {
     static std::map<std::string, KernelEntry> r;
@@ -218,7 +216,6 @@ void check_not_awaited(Thread &t, const char *doing) {
         fail("divergence: lanes %s wait at %s (mask 0x%08x) while this lane %s", lanes, op_name(w.op), w.mask, doing);
     }
 }
-
 
 void collective(Op op, uint32_t mask) {
     Thread &t = *static_cast<Thread *>(tls_thread);
@@ -542,11 +539,9 @@ static void worker(Launch &l, std::atomic<uint64_t> &next) {
 
 using namespace maskattn::cpu;
 
-
 // Defined in the kernels' translation unit (build.rs): referencing it keeps that
 // object, and with it the kernels' registrations, in the link.
 extern "C" void maskattn_cpu_kernels_anchor();
-
 
 extern "C" int32_t maskattn_cpu_check_mode(void) {
 #if defined(MASKATTN_CPU_RACECHECK)

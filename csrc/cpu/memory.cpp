@@ -103,7 +103,6 @@ static bool ordered(const Cta &c, const Access &a, const Thread &t) {
          to_shared(p), write ? "writes" : "reads", other.thread, other.thread / 32, other_kind);
 }
 
-
 // Global memory: nothing orders the CTAs of one launch but atomics, so plain stores
 // of two CTAs to one byte race (a read-add-write by both loses an update). Only
 // writes are tracked; atomics (ThreadSanitizer's atomic hooks) are exempt.
