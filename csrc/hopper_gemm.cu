@@ -25,10 +25,10 @@ struct SmemLayout {
     static constexpr int kA = kBlockM * kBlockK * 2;  // bytes of one A stage
     static constexpr int kB = BlockN * kBlockK * 2;
     static constexpr int kStage = kA + kB;
-    // Stages first, 1,024-byte aligned (the 128-byte swizzle's pattern), then the
-    // mbarriers: full[kStages], empty[kStages].
+    // Stages first, 1,024-byte aligned (the 128-byte swizzle's pattern: the kernel
+    // rounds the dynamic buffer's start up; the launch plan adds the 1,024 bytes that
+    // may take), then the mbarriers: full[kStages], empty[kStages].
     static constexpr int kBarriers = kStages * kStage;
-    static constexpr int kBytes = kBarriers + 2 * kStages * 8;
 };
 
 // The wgmma descriptor of a K-major tile of 128-byte rows, 128-byte swizzle: 8-row
@@ -40,8 +40,7 @@ __device__ __forceinline__ uint64_t tile_desc(uint32_t addr) {
 template <typename Elem, int BlockN>
 __device__ __forceinline__ void gemm(const TensorMap *a_map, const TensorMap *b_map, float *c, int m, int n, int k) {
     using L = SmemLayout<BlockN>;
-    unsigned char *smem = dynamic_smem();
-    const uint32_t base = smem_u32(smem);
+    const uint32_t base = (smem_u32(dynamic_smem()) + 1023) & ~1023u;
     const uint32_t full = base + L::kBarriers, empty = full + 8 * kStages;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int m0 = blockIdx.y * kBlockM, n0 = blockIdx.x * BlockN;

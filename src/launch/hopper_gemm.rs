@@ -37,9 +37,10 @@ fn kernel_of(dtype: DType) -> Result<(&'static str, usize, TmaElement)> {
     }
 }
 
-/// Shared memory of one CTA: two stages of an A and a B tile, then four mbarriers.
+/// Shared memory of one CTA: two stages of an A and a B tile from a 1,024-byte
+/// boundary (the kernel aligns its buffer's start up to one), then four mbarriers.
 fn smem_bytes(block_n: usize) -> u32 {
-    (STAGES * (BLOCK_M + block_n) * BLOCK_K * 2 + 2 * STAGES * 8) as u32
+    (1024 + STAGES * (BLOCK_M + block_n) * BLOCK_K * 2 + 2 * STAGES * 8) as u32
 }
 
 /// A row-major `[rows, k]` operand as a 2-D tensor map of `[box_rows, 64]` boxes in
