@@ -154,9 +154,13 @@ void race_access(Thread &t, const unsigned char *p, size_t n, bool write, bool b
             if (write && !by_collective) global_write(t, p + i, n - i);
             return;  // not shared memory
         }
+        if (b->pending && b->write.thread == int32_t(c.threads.size()))
+            fail("shared byte 0x%x is the destination of a bulk copy whose mbarrier phase has not completed (no "
+                 "mbarrier wait before this %s)",
+                 to_shared(p + i), write ? "write" : "read");
         if (b->pending)
-            fail("shared byte 0x%x is the destination of a cp.async or bulk copy issued by thread %d that has not "
-                 "landed (no cp.async.wait_group or mbarrier wait before this %s)",
+            fail("shared byte 0x%x is the destination of a cp.async of thread %d that has not landed (no "
+                 "cp.async.wait_group before this %s)",
                  to_shared(p + i), b->write.thread, write ? "write" : "read");
         if (write && b->async_readers > 0)
             fail("shared byte 0x%x is written while a wgmma reads it (issued, not yet retired by "
