@@ -32,15 +32,7 @@ const SAMPLE: &[&str] = &[
 
 #[test]
 fn every_kernel_for_every_target_and_the_toolkit_recorded() {
-    let tool = match Cuobjdump::find() {
-        Ok(t) => t,
-        // A test binary carried to a device machine without the tools (scripts/gpu-bundle.sh).
-        Err(e) if !std::path::Path::new(KERNEL_BUILD.nvcc).is_file() => {
-            eprintln!("skipping: {e}");
-            return;
-        }
-        Err(e) => panic!("{e}"),
-    };
+    let Some(tool) = Cuobjdump::find_or_skip() else { return };
     let fatbin = embedded_fatbin().unwrap();
     let path = fatbin.path();
     let b = &KERNEL_BUILD;
