@@ -39,12 +39,8 @@ static void operand_addresses(const sm90::SmemDesc &d, bool mn_major, int rows, 
         for (int k = 0; k < 16; ++k) out[size_t(r) * 16 + size_t(k)] = sm90::operand_address(d, mn_major, r, k);
 }
 
-static void check_operand(Cta &c, Thread &t, const std::vector<uint32_t> &addrs, const char *what) {
-    for (uint32_t a : addrs) {
-        unsigned char *p = shared_at(a, 2, 2, what);
-        check_proxy_fence(t, p, 2, what);
-    }
-    (void)c;
+static void check_operand(Thread &t, const std::vector<uint32_t> &addrs, const char *what) {
+    for (uint32_t a : addrs) check_proxy_fence(t, shared_at(a, 2, 2, what), 2, what);
 }
 
 static void run_wgmma(Cta &c, int wg) {
@@ -79,10 +75,10 @@ static void run_wgmma(Cta &c, int wg) {
     std::vector<uint32_t> a_addr, b_addr;
     if (!op->a_in_regs) {
         operand_addresses(op->a, u.trans_a, 64, a_addr);
-        check_operand(c, last, a_addr, "wgmma.mma_async A operand");
+        check_operand(last, a_addr, "wgmma.mma_async A operand");
     }
     operand_addresses(op->b, u.trans_b, u.n, b_addr);
-    check_operand(c, last, b_addr, "wgmma.mma_async B operand");
+    check_operand(last, b_addr, "wgmma.mma_async B operand");
     for (int w = 0; w < 4; ++w) {
         std::vector<uint32_t> &r = op->reads[w];
         if (!op->a_in_regs) r.insert(r.end(), a_addr.begin() + 16 * 16 * w, a_addr.begin() + 16 * 16 * (w + 1));
