@@ -22,19 +22,6 @@
 namespace maskattn {
 namespace fwd {
 
-// The first key tile in [kt, end) that classify_key_tile does not call EMPTY and
-// whose 128-key block the selection row keeps (no selection: every block), and its
-// class; end when none is left. Uniform over the block.
-__device__ __forceinline__ int32_t next_key_tile(const MaskattnTileSummary &summary, const uint8_t *selected,
-                                                 int32_t kt, int32_t end, int32_t block_n, int32_t &cls) {
-    for (; kt < end; ++kt) {
-        if (selected != nullptr && !__ldg(selected + kt * block_n / MASKATTN_SELECT_BLOCK)) continue;
-        cls = classify_tile(summary, kt, block_n);
-        if (cls != MASKATTN_TILE_EMPTY) break;
-    }
-    return kt;
-}
-
 // Per-CTA values written once and read back from shared memory by the key loop
 // and the epilogue: held in registers across the loop, they would compete with S
 // and O for the 255 a thread has.

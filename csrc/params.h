@@ -32,6 +32,24 @@
 #define MASKATTN_FWD_SMEM_D96 ((128 + 4 * 64) * 96 * 2 + 128 * 16 + 256)
 #define MASKATTN_FWD_SMEM_D128 ((128 + 4 * 32) * 128 * 2 + 128 * 16 + 256)
 
+/* The Hopper forward kernel (csrc/hopper_fwd.cu, sm_90a: wgmma, TMA, mbarriers; the
+ * same MaskattnFwdParams after three tensor maps of Q, K and V). A persistent CTA of
+ * MASKATTN_HOPPER_FWD_THREADS threads: warpgroup 0 produces (one warp issues the
+ * TMA loads), warpgroups 1 and 2 consume, 64 query rows each of a
+ * MASKATTN_HOPPER_FWD_BLOCK_M-row query tile, walking key tiles of
+ * MASKATTN_HOPPER_FWD_BLOCK_N keys through a ring of MASKATTN_HOPPER_FWD_STAGES
+ * (K, V) stages. Tiles are stored as 64-column chunks of 128-byte swizzled rows (D = 96
+ * takes two, the upper half of the second zero-filled by the TMA). Dynamic shared
+ * memory: 1,024 bytes to align the buffer to the swizzle's pattern, the Q tile,
+ * the stages, then 128 bytes of mbarriers and the stages' key tiles. */
+#define MASKATTN_HOPPER_FWD_THREADS 384
+#define MASKATTN_HOPPER_FWD_BLOCK_M 128
+#define MASKATTN_HOPPER_FWD_BLOCK_N 128
+#define MASKATTN_HOPPER_FWD_STAGES 2
+#define MASKATTN_HOPPER_FWD_SMEM_D64 (1024 + (128 + 2 * 2 * 128) * 1 * 128 + 128)
+#define MASKATTN_HOPPER_FWD_SMEM_D96 (1024 + (128 + 2 * 2 * 128) * 2 * 128 + 128)
+#define MASKATTN_HOPPER_FWD_SMEM_D128 (1024 + (128 + 2 * 2 * 128) * 2 * 128 + 128)
+
 /* Min/max, over the rows of a query tile, of each of the rows' two half-open key
  * intervals [s0, e0) U [s1, e1). Only rows whose interval j is non-empty enter
  * the min/max of interval j, so the encoding of an empty interval never widens

@@ -31,6 +31,6 @@ pub mod candle;
 pub use error::{Error, Result};
 pub use kernels::Kernels;
 pub use launch::xattn::XAttnOutput;
-pub use launch::{KernelElement, Layout4};
+pub use launch::{ForwardPath, KernelElement, Layout4, FORWARD_PATH_ENV};
 pub use mask::{Mask, MaskKind, Segment, VideoLayout};
 pub use shape::{AttnShape, DType, Element};

@@ -18,6 +18,18 @@ const EXPECTED: &[(&str, &[&str])] = &[
         "maskattn_hopper_gemm_f16_n64",
         &["HGMMA.64x64x16.F32", "UTMALDG.2D", "SYNCS.ARRIVE.TRANS64", "SYNCS.PHASECHK.TRANS64", "USETMAXREG"],
     ),
+    (
+        "maskattn_hopper_fwd_bf16_d128",
+        &[
+            "HGMMA.64x128x16.F32.BF16",
+            "UTMALDG.4D",
+            "SYNCS.ARRIVE.TRANS64",
+            "SYNCS.PHASECHK.TRANS64",
+            "USETMAXREG",
+        ],
+    ),
+    ("maskattn_hopper_fwd_f16_d96", &["HGMMA.64x128x16.F32", "HGMMA.64x96x16.F32", "UTMALDG.4D", "USETMAXREG"]),
+    ("maskattn_hopper_fwd_bf16_d64", &["HGMMA.64x128x16.F32.BF16", "HGMMA.64x64x16.F32.BF16", "UTMALDG.4D"]),
     ("maskattn_probe_hopper_wgmma", &["HGMMA.64x256x16.F32.BF16", "HGMMA.64x96x16.F32"]),
     ("maskattn_probe_hopper_tma", &["UTMALDG.2D", "UTMALDG.3D", "UTMALDG.5D", "SYNCS.PHASECHK.TRANS64"]),
     ("maskattn_probe_hopper_mbarrier", &["SYNCS.ARRIVE.TRANS64", "SYNCS.PHASECHK.TRANS64"]),

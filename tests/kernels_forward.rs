@@ -73,7 +73,7 @@ fn check<K: Kernels, T: KernelElement>(gpu: &K, c: &Case) -> Result<(), TestCase
 
 #[test]
 fn forward_matches_the_reference_within_twice_the_plain_error() {
-    each_backend!(|backend, gpu| {
+    each_forward_path!(|backend, gpu| {
         proptest!(common::fuzz_config(backend, 500, 200, 0x6d61_736b), |(c in arb_case())| {
             if c.bf16 { check::<_, bf16>(gpu, &c)? } else { check::<_, f16>(gpu, &c)? }
         });
@@ -84,7 +84,7 @@ fn forward_matches_the_reference_within_twice_the_plain_error() {
 /// kernels down by orders of magnitude: `scripts/gpu-sanitize.sh` runs this test.
 #[test]
 fn sanitizer_subset() {
-    each_backend!(|backend, gpu| {
+    each_forward_path!(|backend, gpu| {
         let masks = common::sanitizer_masks();
         for (i, mask) in masks.into_iter().enumerate() {
             for (head_dim, bf16) in [(64, true), (96, false), (128, true)] {
@@ -101,7 +101,7 @@ fn sanitizer_subset() {
 /// full buffers, no copies), merged through the LSE, equals attention over all keys.
 #[test]
 fn key_shards_merge_to_the_whole() {
-    each_backend!(|backend, gpu| {
+    each_forward_path!(|backend, gpu| {
         let mask = Mask::frame_block_causal(&"text:33,frames:3x576,text:40".parse().unwrap()).unwrap();
         let (b, h, d, lk) = (2, 2, 128, mask.len_k());
         let (q64, q) = common::rounded::<bf16>(random_array((b, mask.len_q(), h, d), 7));
@@ -129,7 +129,7 @@ fn key_shards_merge_to_the_whole() {
 
 #[test]
 fn bad_inputs_are_errors_before_any_launch() {
-    each_backend!(|backend, gpu| {
+    each_forward_path!(|backend, gpu| {
         let mask = Mask::causal(10, 10).unwrap();
         let x = Array4::<bf16>::zeros((1, 10, 2, 64));
         let wrong_dim = Array4::<bf16>::zeros((1, 10, 2, 80));
@@ -180,7 +180,7 @@ fn bad_inputs_are_errors_before_any_launch() {
 /// against the f64 sparse reference, within 2x the plain same-dtype error.
 #[test]
 fn block_sparse_forward_matches_the_sparse_reference() {
-    each_backend!(|backend, gpu| {
+    each_forward_path!(|backend, gpu| {
         let config = common::fuzz_config(backend, 150, 50, 0x7370_6172);
         proptest!(config, |(c in arb_case(), density in 0.0f64..1.0)| {
             let (hq, hkv) = c.heads;

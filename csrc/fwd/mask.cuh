@@ -9,6 +9,20 @@
 namespace maskattn {
 namespace fwd {
 
+// The half-row (mf, half) of s, in the mma accumulator layout (keys key0 + 8 nf +
+// 2 * (lane % 4) + {0, 1}), against its row's intervals iv: invisible pairs get
+// -inf, which the softmax turns into probability 0. wgmma's accumulator repeats the
+// same layout along N, so the Hopper kernel masks with it too.
+template <int MF, int NF>
+__device__ __forceinline__ void mask_row(float (&s)[MF][NF][4], int mf, int half, const int32_t (&iv)[4], int32_t key0,
+                                         int lane) {
+#pragma unroll
+    for (int nf = 0; nf < NF; ++nf)
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+            if (!key_visible(iv, key0 + 8 * nf + 2 * (lane % 4) + e)) s[mf][nf][2 * half + e] = -CUDART_INF_F;
+}
+
 // The intervals of the tile's rows, staged in shared memory once per CTA: they
 // are read only by PARTIAL tiles, and kept in registers they would cost 16 per
 // lane for the whole key loop. Rows past len_q get the empty interval, so they
@@ -24,9 +38,7 @@ struct TileIntervals {
             rows[r] = m0 + r < len_q ? __ldg(reinterpret_cast<const int4 *>(intervals) + m0 + r) : make_int4(0, 0, 0, 0);
     }
 
-    // s[mf][nf] covers rows row_of(mf, half) and keys key0 + 8 nf + 2 * (lane % 4) +
-    // {0, 1} (the mma accumulator layout); invisible pairs get -inf, which the
-    // softmax turns into probability 0.
+    // mask_row on every half-row of s, row_of(mf, half) giving its row of the tile.
     template <int MF, int NF, class RowOf>
     __device__ __forceinline__ void apply(float (&s)[MF][NF][4], RowOf row_of, int32_t key0, int lane) const {
 #pragma unroll
@@ -35,12 +47,7 @@ struct TileIntervals {
             for (int half = 0; half < 2; ++half) {
                 const int4 x = rows[row_of(mf, half)];
                 const int32_t iv[4] = {x.x, x.y, x.z, x.w};
-#pragma unroll
-                for (int nf = 0; nf < NF; ++nf)
-#pragma unroll
-                    for (int e = 0; e < 2; ++e)
-                        if (!key_visible(iv, key0 + 8 * nf + 2 * (lane % 4) + e))
-                            s[mf][nf][2 * half + e] = -CUDART_INF_F;
+                mask_row(s, mf, half, iv, key0, lane);
             }
     }
 };

@@ -36,12 +36,14 @@ struct OnlineSoftmax {
     }
 
     // Folds in one key tile: s (raw scores, -inf where masked) becomes the
-    // probabilities 2^(scale_log2 * s - row_max) and acc is rescaled to the new max.
-    // A row whose max is still -inf subtracts 0 instead, so 2^(-inf - 0) = 0 and
-    // nothing computes -inf - (-inf). Assumes scale_log2 > 0.
-    template <int NF, int DF>
-    __device__ __forceinline__ void update(float (&s)[MF][NF][4], float (&acc)[MF][DF][4], float scale_log2) {
-        float alpha[MF][2];
+    // probabilities 2^(scale_log2 * s - row_max), and alpha the factor by which the
+    // accumulator must shrink to the new max (rescale). A row whose max is still
+    // -inf subtracts 0 instead, so 2^(-inf - 0) = 0 and nothing computes
+    // -inf - (-inf). Assumes scale_log2 > 0. Returns whether some row of this lane
+    // got a new max (else every alpha is 1). Split from rescale so that the Hopper
+    // kernel can fold the next tile while the accumulator is still in flight.
+    template <int NF>
+    __device__ __forceinline__ bool fold(float (&s)[MF][NF][4], float (&alpha)[MF][2], float scale_log2) {
         bool grew = false;
 #pragma unroll
         for (int mf = 0; mf < MF; ++mf)
@@ -67,9 +69,15 @@ struct OnlineSoftmax {
                     }
                 row_sum[mf][half] = row_sum[mf][half] * alpha[mf][half] + sum;
             }
-        // Where no row of the warp has a new max, every alpha is 2^0 = 1: after the
-        // first tiles that is the common case, and skipping the multiplications
-        // saves 4 * DF * MF instructions a tile (128 at D = 128, as many as the mmas).
+        return grew;
+    }
+
+    // acc *= alpha per row. Where no row of the warp has a new max, every alpha is
+    // 2^0 = 1: after the first tiles that is the common case, and skipping the
+    // multiplications saves 4 * DF * MF instructions a tile (128 at D = 128, as many
+    // as the mmas).
+    template <int DF>
+    __device__ __forceinline__ static void rescale(float (&acc)[MF][DF][4], const float (&alpha)[MF][2], bool grew) {
         if (__any_sync(0xffffffffu, grew)) {
 #pragma unroll
             for (int mf = 0; mf < MF; ++mf)
@@ -78,6 +86,13 @@ struct OnlineSoftmax {
 #pragma unroll
                     for (int e = 0; e < 4; ++e) acc[mf][df][e] *= alpha[mf][e / 2];
         }
+    }
+
+    // fold, then rescale: one key tile when the accumulator is at hand.
+    template <int NF, int DF>
+    __device__ __forceinline__ void update(float (&s)[MF][NF][4], float (&acc)[MF][DF][4], float scale_log2) {
+        float alpha[MF][2];
+        rescale(acc, alpha, fold(s, alpha, scale_log2));
     }
 
     // Per row: the factor that normalizes the accumulator and the log-sum-exp

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use crate::error::{Error, Result};
 use crate::ffi;
 use crate::launch::tensor_map::{TensorMapBytes, TensorMapSpec};
-use crate::launch::{Backend, KernelArgs, KernelLaunch, Scalar};
+use crate::launch::{Backend, ForwardPath, KernelArgs, KernelLaunch, Scalar};
 use crate::tiles::TileConfig;
 
 /// How the warps of each CTA are interleaved between synchronization points.
@@ -70,6 +70,12 @@ pub struct CpuOptions {
     /// The tile configuration ([`TileConfig::Auto`]: chosen from `max_dynamic_smem`, as
     /// a GPU chooses from its budget).
     pub tile_config: TileConfig,
+    /// The forward kernel: [`ForwardPath::Auto`] is `MASKATTN_FORWARD_PATH` if set,
+    /// else the mma.sync kernel; the CPU backend runs either.
+    pub forward_path: ForwardPath,
+    /// The SMs a persistent kernel (the Hopper forward) sizes its grid by: fewer than
+    /// an H100's 132, so that each CTA takes several work items.
+    pub sms: u32,
 }
 
 impl Default for CpuOptions {
@@ -81,6 +87,8 @@ impl Default for CpuOptions {
             early_landing: false,
             max_dynamic_smem: 227 * 1024,
             tile_config: TileConfig::Auto,
+            forward_path: ForwardPath::Auto,
+            sms: 8,
         }
     }
 }
@@ -361,6 +369,14 @@ impl Backend for CpuBackend {
 
     fn tile_config(&self) -> TileConfig {
         self.options.tile_config
+    }
+
+    fn forward_path(&self) -> Result<ForwardPath> {
+        self.options.forward_path.resolve(ForwardPath::Mma)
+    }
+
+    fn persistent_ctas(&self) -> u32 {
+        self.options.sms.max(1)
     }
 
     unsafe fn start<P: KernelArgs>(&self, l: &KernelLaunch<P>) -> Result<()> {

@@ -9,7 +9,7 @@ use ndarray::{Array3, Array4, ArrayView4};
 use super::Gpu;
 use crate::error::Result;
 use crate::launch::forward::{ForwardArgs, ForwardMask};
-use crate::launch::{self, Backend, BufArg, KernelElement, Layout4, TensorArg};
+use crate::launch::{self, BufArg, KernelElement, Layout4, TensorArg};
 use crate::mask::Mask;
 use crate::xattention::BlockSelection;
 
@@ -158,11 +158,9 @@ impl Gpu {
         let (lse, _lse) = buf_arg_mut(lse, stream);
         let (mask, _mask) = mask.0.args(self);
         let (selection, _selection) = selection.map(|s| buf_arg(s, stream)).unzip();
-        let launch = launch::forward::plan::<T>(&ForwardArgs { q, k, v, mask, selection, scale, out, lse })?;
         // SAFETY: every address is that of a live device view or mask table with its
-        // own length, whose guard is held until after the launch is queued; the plan
-        // checked them.
-        unsafe { self.launch(&launch) }
+        // own length, whose guard is held until after the launch is queued.
+        unsafe { launch::forward::launch::<Self, T>(self, &ForwardArgs { q, k, v, mask, selection, scale, out, lse }) }
     }
 
     /// Convenience for tests and examples: uploads `[B, L, H, D]` host arrays, runs

@@ -2,7 +2,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN;
+use cudarc::driver::sys::CUdevice_attribute::{
+    CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+};
 use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
@@ -14,7 +16,7 @@ use super::build_info::{FATBIN, KERNEL_BUILD};
 use crate::compat::{self, CudaVersion};
 use crate::error::{Error, Result};
 use crate::launch::tensor_map::{OobFill, TensorMapBytes, TensorMapSpec, TmaElement, TmaSwizzle};
-use crate::launch::{self, Backend, KernelArgs, KernelLaunch, Scalar};
+use crate::launch::{self, Backend, ForwardPath, KernelArgs, KernelLaunch, Scalar};
 use crate::mask::Mask;
 use crate::tiles::{TileClass, TileConfig, TileShape, TileSummary};
 
@@ -71,6 +73,9 @@ pub struct Gpu {
     /// The device's opt-in maximum of dynamic shared memory per block.
     smem_budget: u32,
     tile_config: TileConfig,
+    forward_path: ForwardPath,
+    compute_capability: (u32, u32),
+    sms: u32,
 }
 
 impl Gpu {
@@ -96,7 +101,16 @@ impl Gpu {
         compat::check_driver(driver_version()?, KERNEL_BUILD.toolkit, &requirement)?;
         let module = ctx.load_module(Ptx::from_binary(FATBIN.to_vec()))?;
         let smem_budget = ctx.attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?.max(0) as u32;
-        Ok(Self { stream, module, smem_budget, tile_config: TileConfig::Auto })
+        let sms = ctx.attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as u32;
+        Ok(Self {
+            stream,
+            module,
+            smem_budget,
+            tile_config: TileConfig::Auto,
+            forward_path: ForwardPath::Auto,
+            compute_capability: cc,
+            sms,
+        })
     }
 
     /// The stream every launch and copy of this handle goes to.
@@ -136,6 +150,35 @@ impl Gpu {
     /// The tile configuration asked for (see [`Gpu::with_tile_config`]).
     pub fn tile_config(&self) -> TileConfig {
         self.tile_config
+    }
+
+    /// This handle with the forward kernel forced to `path` (the default,
+    /// [`ForwardPath::Auto`], takes `MASKATTN_FORWARD_PATH` if set, else the Hopper
+    /// kernel on sm_90 and the mma.sync kernel elsewhere). The Hopper path on another
+    /// GPU is [`Error::Unsupported`] at the forward.
+    ///
+    /// ```no_run
+    /// use maskattn::ForwardPath;
+    /// let gpu = maskattn::cuda::Gpu::new(0)?.with_forward_path(ForwardPath::Mma);
+    /// assert_eq!(gpu.forward_path()?, ForwardPath::Mma);
+    /// # Ok::<(), maskattn::Error>(())
+    /// ```
+    pub fn with_forward_path(mut self, path: ForwardPath) -> Self {
+        self.forward_path = path;
+        self
+    }
+
+    /// The forward kernel this handle runs, resolved (see [`Gpu::with_forward_path`]).
+    pub fn forward_path(&self) -> Result<ForwardPath> {
+        let sm90 = self.compute_capability == (9, 0);
+        let path = self.forward_path.resolve(if sm90 { ForwardPath::Hopper } else { ForwardPath::Mma })?;
+        if path == ForwardPath::Hopper && !sm90 {
+            let (major, minor) = self.compute_capability;
+            return Err(Error::Unsupported(format!(
+                "the Hopper forward kernel needs an sm_90 GPU; this one is sm_{major}{minor}"
+            )));
+        }
+        Ok(path)
     }
 
     /// (major, minor) compute capability.
@@ -234,6 +277,14 @@ impl Backend for Gpu {
 
     fn tile_config(&self) -> TileConfig {
         self.tile_config
+    }
+
+    fn forward_path(&self) -> Result<ForwardPath> {
+        Gpu::forward_path(self)
+    }
+
+    fn persistent_ctas(&self) -> u32 {
+        self.sms
     }
 
     fn tensor_map(&self, spec: &TensorMapSpec) -> Result<TensorMapBytes> {

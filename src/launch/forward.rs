@@ -5,10 +5,12 @@
 
 use ndarray::{Array3, Array4, ArrayView4};
 
+use super::tensor_map::{OobFill, TensorMapBytes, TensorMapSpec, TmaElement, TmaSwizzle};
 use super::{
-    check_lse, check_mask_lens, download_array, kernel_scale, qkv_dims, upload_array, Backend, BufArg, KernelElement,
-    KernelLaunch, Layout4, TensorArg,
+    check_lse, check_mask_lens, download_array, kernel_scale, qkv_dims, upload_array, Backend, BufArg, ForwardPath,
+    KernelArgs, KernelElement, KernelLaunch, Layout4, TensorArg,
 };
+use crate::shape::DType;
 use crate::error::{Error, Result};
 use crate::ffi;
 use crate::mask::Mask;
@@ -189,6 +191,112 @@ pub(crate) fn plan<T: KernelElement>(a: &ForwardArgs) -> Result<KernelLaunch<ffi
     })
 }
 
+/// The Hopper kernel's parameters: the tensor maps of Q, K and V (`[B, L, H, D]` as 4-D
+/// maps, D innermost, boxes of 64 columns by 128 rows in the 128-byte swizzle), then the
+/// mma.sync kernel's parameters, which it reads the same way.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HopperForwardArgs {
+    pub q: TensorMapBytes,
+    pub k: TensorMapBytes,
+    pub v: TensorMapBytes,
+    pub params: ffi::MaskattnFwdParams,
+}
+
+// SAFETY: #[repr(C)], the fields in the order of the maskattn_hopper_fwd_* parameters.
+unsafe impl KernelArgs for HopperForwardArgs {
+    const OFFSETS: &'static [usize] = &[
+        std::mem::offset_of!(HopperForwardArgs, q),
+        std::mem::offset_of!(HopperForwardArgs, k),
+        std::mem::offset_of!(HopperForwardArgs, v),
+        std::mem::offset_of!(HopperForwardArgs, params),
+    ];
+}
+
+const HOPPER_BLOCK_M: usize = ffi::MASKATTN_HOPPER_FWD_BLOCK_M as usize;
+const HOPPER_BLOCK_N: usize = ffi::MASKATTN_HOPPER_FWD_BLOCK_N as usize;
+/// Columns of one TMA box: a 128-byte swizzled row of 16-bit elements.
+const HOPPER_CHUNK: usize = 64;
+
+/// The tensor map of a `[B, L, H, D]` tensor for the Hopper kernel, or `None` where a
+/// TMA cannot read it as the kernel needs (a zero stride: a broadcast dimension).
+fn hopper_map<T: KernelElement>(name: &'static str, t: &TensorArg) -> Option<TensorMapSpec> {
+    let [b, l, h, d] = t.layout.dims;
+    let [sb, sl, sh, _] = t.layout.strides;
+    let bytes = std::mem::size_of::<T>() as u64;
+    // A dimension of one index has no stride to speak of; any valid one serves.
+    let stride = |n: usize, s: usize| if n == 1 { Some(16) } else { (s != 0).then_some(s as u64 * bytes) };
+    let elem = match T::DTYPE {
+        DType::BF16 => TmaElement::Bf16,
+        _ => TmaElement::F16,
+    };
+    let spec = TensorMapSpec {
+        name,
+        base: t.addr,
+        elem,
+        dims: vec![d as u64, l as u64, h as u64, b as u64],
+        strides: vec![stride(l, sl)?, stride(h, sh)?, stride(b, sb)?],
+        box_dims: vec![HOPPER_CHUNK as u32, HOPPER_BLOCK_N as u32, 1, 1],
+        swizzle: TmaSwizzle::B128,
+        oob: OobFill::Zero,
+    };
+    spec.validate().is_ok().then_some(spec)
+}
+
+/// The Hopper launch for `a`, or `None` where the Hopper kernel does not cover it (the
+/// mma.sync kernel then runs it): `mma` is the mma.sync plan of the same call, whose
+/// checks both kernels rely on. A persistent grid of at most `b`'s SM count.
+pub(crate) fn plan_hopper<B: Backend, T: KernelElement>(
+    b: &B,
+    a: &ForwardArgs,
+    mma: &KernelLaunch<ffi::MaskattnFwdParams>,
+) -> Result<Option<KernelLaunch<HopperForwardArgs>>> {
+    let p = &mma.params;
+    // The mask's launch order numbers the mma.sync kernel's query tiles.
+    if a.mask.tiles.block_m() != HOPPER_BLOCK_M {
+        return Ok(None);
+    }
+    let items = a.mask.query_tiles * p.batch as usize * p.heads_q as usize;
+    let (Some(q), Some(k), Some(v)) = (hopper_map::<T>("q", &a.q), hopper_map::<T>("k", &a.k), hopper_map::<T>("v", &a.v))
+    else {
+        return Ok(None);
+    };
+    if items > i32::MAX as usize {
+        return Ok(None);
+    }
+    let smem = match p.head_dim {
+        64 => ffi::MASKATTN_HOPPER_FWD_SMEM_D64,
+        96 => ffi::MASKATTN_HOPPER_FWD_SMEM_D96,
+        _ => ffi::MASKATTN_HOPPER_FWD_SMEM_D128,
+    };
+    Ok(Some(KernelLaunch {
+        kernel: format!("maskattn_hopper_fwd_{}_d{}", T::KERNEL_NAME, p.head_dim),
+        grid: (items.min(b.persistent_ctas() as usize) as u32, 1, 1),
+        block: (ffi::MASKATTN_HOPPER_FWD_THREADS, 1, 1),
+        smem_bytes: smem,
+        params: HopperForwardArgs { q: b.tensor_map(&q)?, k: b.tensor_map(&k)?, v: b.tensor_map(&v)?, params: *p },
+    }))
+}
+
+/// The forward of `a` on `b`, on the path `b` takes (the mma.sync kernel for a call
+/// the Hopper kernel does not cover).
+///
+/// # Safety
+///
+/// As [`Backend::launch`]: every address in `a` is that of a live buffer of `b` with
+/// the length given, accessed until the launch is done or queued.
+pub(crate) unsafe fn launch<B: Backend, T: KernelElement>(b: &B, a: &ForwardArgs) -> Result<()> {
+    let mma = plan::<T>(a)?;
+    if b.forward_path()? == ForwardPath::Hopper {
+        if let Some(hopper) = plan_hopper::<B, T>(b, a, &mma)? {
+            // SAFETY: the caller's contract; the plans checked the addresses.
+            return unsafe { b.launch(&hopper) };
+        }
+    }
+    // SAFETY: as above.
+    unsafe { b.launch(&mma) }
+}
+
 /// The forward kernel on packed buffers of `b` shaped as `sh` says (`q`
 /// `[B, Lq, Hq, D]`, `k` and `v` `[B, Lk, Hkv, D]`), writing `out` and `lse`.
 #[allow(clippy::too_many_arguments)]
@@ -212,10 +320,9 @@ pub(crate) fn run_packed<B: Backend, T: KernelElement>(
     let (selection, _selection) = selection.map(|s| BufArg::of(b, s)).unzip();
     let (out, _out) = TensorArg::of_mut(b, out, q_dims);
     let (lse, _lse) = BufArg::of_mut(b, lse);
-    let launch = plan::<T>(&ForwardArgs { q, k, v, mask, selection, scale, out, lse })?;
     // SAFETY: every address is that of a live buffer of `b` with its own length,
-    // accessed until after the launch; the plan checked them.
-    unsafe { b.launch(&launch) }
+    // accessed until after the launch.
+    unsafe { launch::<B, T>(b, &ForwardArgs { q, k, v, mask, selection, scale, out, lse }) }
 }
 
 /// The forward kernel on host arrays `[B, L, H, D]`, optionally with a block

@@ -12,6 +12,7 @@
 pub(crate) mod backward;
 pub(crate) mod classes;
 pub(crate) mod forward;
+mod forward_path;
 pub(crate) mod hopper_gemm;
 mod layout;
 pub(crate) mod naive;
@@ -39,6 +40,7 @@ use crate::tiles::TileConfig;
 
 use tensor_map::{TensorMapBytes, TensorMapSpec};
 
+pub use forward_path::{ForwardPath, FORWARD_PATH_ENV};
 pub use layout::Layout4;
 
 mod sealed {
@@ -215,6 +217,13 @@ pub(crate) trait Backend {
     /// The tile configuration asked for (the plans resolve [`TileConfig::Auto`] with
     /// [`Backend::smem_budget`]).
     fn tile_config(&self) -> TileConfig;
+
+    /// The forward kernel this backend runs, resolved (never [`ForwardPath::Auto`]),
+    /// or [`Error::Unsupported`] where the path asked for cannot run here.
+    fn forward_path(&self) -> Result<ForwardPath>;
+
+    /// CTAs a persistent kernel launches at most: the number of SMs on the GPU.
+    fn persistent_ctas(&self) -> u32;
 
     /// The tensor map `spec` describes, encoded for this backend's kernels (the
     /// driver's `CUtensorMap` on the GPU, csrc's `CpuTensorMap` on the CPU backend),

@@ -43,6 +43,9 @@ pub(crate) struct Recorder {
     state: RefCell<State>,
     /// The configuration the recorder reports (its budget is unlimited).
     pub(crate) tile_config: crate::tiles::TileConfig,
+    /// The forward path it reports; `Auto` is the mma.sync kernel, whatever the
+    /// environment says, so that the plans' tests see what they set.
+    pub(crate) forward_path: super::ForwardPath,
 }
 
 /// A recorder's buffer: its fake address and its contents, which no launch changes.
@@ -125,6 +128,18 @@ impl Backend for Recorder {
 
     fn tile_config(&self) -> crate::tiles::TileConfig {
         self.tile_config
+    }
+
+    fn forward_path(&self) -> Result<super::ForwardPath> {
+        Ok(match self.forward_path {
+            super::ForwardPath::Auto => super::ForwardPath::Mma,
+            path => path,
+        })
+    }
+
+    /// An H100's SM count.
+    fn persistent_ctas(&self) -> u32 {
+        132
     }
 
     /// The CPU backend's encoding: readable bytes for the tests to assert on.

@@ -70,7 +70,7 @@ pub fn arb_gpu_mask() -> impl Strategy<Value = Mask> {
 /// failure reproduces on any machine; `cpu_cases` on the CPU backend (slow: every
 /// thread is emulated), `gpu_cases` on a GPU; `MASKATTN_GPU_FUZZ_CASES` overrides both.
 pub fn fuzz_config(b: &str, gpu_cases: u32, cpu_cases: u32, seed: u64) -> ProptestConfig {
-    let default = if b == "gpu" { gpu_cases } else { cpu_cases };
+    let default = if b.starts_with("gpu") { gpu_cases } else { cpu_cases };
     let cases = std::env::var("MASKATTN_GPU_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(default);
     // To the process's stderr itself, past libtest's capture of eprintln!, so that the
     // test command's log shows every fuzz test's case count, passing or not.
@@ -90,6 +90,62 @@ pub fn fuzz_config(b: &str, gpu_cases: u32, cpu_cases: u32, seed: u64) -> Propte
 pub fn cpu() -> &'static maskattn::cpu::CpuBackend {
     static CPU: std::sync::OnceLock<maskattn::cpu::CpuBackend> = std::sync::OnceLock::new();
     CPU.get_or_init(maskattn::cpu::CpuBackend::new)
+}
+
+/// The CPU backend on the forward path [`cpu`] does not take, and that path's name:
+/// the Hopper kernel, or the mma.sync kernel where `MASKATTN_FORWARD_PATH=hopper`
+/// gave [`cpu`] the Hopper kernel. With [`cpu`], the forward suites run both paths.
+#[cfg(feature = "cpu")]
+pub fn cpu_other_path() -> (&'static maskattn::cpu::CpuBackend, &'static str) {
+    use maskattn::{cpu::CpuBackend, cpu::CpuOptions, ForwardPath};
+    static CPU: std::sync::OnceLock<(CpuBackend, &'static str)> = std::sync::OnceLock::new();
+    let (cpu, name) = CPU.get_or_init(|| {
+        let (path, name) = match std::env::var(maskattn::FORWARD_PATH_ENV).as_deref() {
+            Ok("hopper") => (ForwardPath::Mma, "cpu-mma"),
+            _ => (ForwardPath::Hopper, "cpu-hopper"),
+        };
+        (CpuBackend::with_options(CpuOptions { forward_path: path, ..CpuOptions::default() }), name)
+    });
+    (cpu, name)
+}
+
+/// The GPU on the forward path [`shared_gpu`] does not take, where the GPU has two
+/// (sm_90: the Hopper kernel by default, the mma.sync kernel here).
+#[cfg(feature = "cuda")]
+pub fn shared_gpu_other_path() -> Option<(&'static maskattn::cuda::Gpu, &'static str)> {
+    use maskattn::ForwardPath;
+    static GPU: std::sync::OnceLock<Option<(maskattn::cuda::Gpu, &'static str)>> = std::sync::OnceLock::new();
+    GPU.get_or_init(|| {
+        let gpu = shared_gpu()?;
+        match gpu.forward_path() {
+            Ok(ForwardPath::Hopper) => Some((gpu.clone().with_forward_path(ForwardPath::Mma), "gpu-mma")),
+            Ok(_) if gpu.compute_capability().ok() == Some((9, 0)) => {
+                Some((gpu.clone().with_forward_path(ForwardPath::Hopper), "gpu-hopper"))
+            }
+            _ => None,
+        }
+    })
+    .as_ref()
+    .map(|(g, n)| (g, *n))
+}
+
+/// [`each_backend`] for the forward suites: each backend on each of its forward
+/// paths (the CPU backend on both, an sm_90 GPU on both, other GPUs on mma.sync).
+#[macro_export]
+macro_rules! each_forward_path {
+    (|$name:ident, $k:ident| $body:block) => {{
+        each_backend!(|$name, $k| $body);
+        #[cfg(feature = "cpu")]
+        {
+            #[allow(unused_variables)]
+            let ($k, $name) = common::cpu_other_path();
+            $body
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(($k, $name)) = common::shared_gpu_other_path() {
+            $body
+        }
+    }};
 }
 
 /// Runs `$body` with `$k` bound to each backend, named by `$name` ("cpu", "gpu"): the
