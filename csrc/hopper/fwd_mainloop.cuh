@@ -82,6 +82,14 @@ struct Ring {
     __device__ __forceinline__ uint32_t phase() const { return uint32_t(used / Stages) & 1; }
 };
 
+// A wait of the producer warp's lanes, which leave it together: a lane that lagged
+// behind while lane 0 went on through two more phases of the barrier would wait
+// for a parity that has come round again, forever.
+__device__ __forceinline__ void producer_wait(uint32_t bar, uint32_t parity) {
+    mbarrier_wait(bar, parity);
+    __syncwarp();
+}
+
 // The producer: every lane of warp 0 calls it for each work tile (the summary is a
 // warp reduction) and waits; lane 0 writes the walk and issues the copies. `n` counts the CTA's
 // work tiles (the phase of q_full and q_empty).
@@ -100,7 +108,7 @@ __device__ __forceinline__ void produce(const Smem<T> &sm, const MaskattnFwdPara
     const int32_t head_kv = wt.head / (p.heads_q / p.heads_kv);
 
     // The consumers of the previous work tile have retired their reads of Q.
-    mbarrier_wait(sm.q_empty(), (n & 1) ^ 1);
+    producer_wait(sm.q_empty(), (n & 1) ^ 1);
     if (lane == 0) {
         mbarrier_arrive_expect_tx(sm.q_full(), T::kQBytes);
         for (int c = 0; c < T::kChunks; ++c) {
@@ -116,7 +124,7 @@ __device__ __forceinline__ void produce(const Smem<T> &sm, const MaskattnFwdPara
         const int s = ring.stage();
         // Round r of a stage waits for the consumers' release of round r - 1; the
         // first round's wait (parity 1 of a fresh barrier) passes at once.
-        mbarrier_wait(sm.empty(s), ring.phase() ^ 1);
+        producer_wait(sm.empty(s), ring.phase() ^ 1);
         if (lane == 0) {
             trace_key_tile(cls);
             *sm.walk(s) = make_int2(kt, cls);
@@ -136,7 +144,7 @@ __device__ __forceinline__ void produce(const Smem<T> &sm, const MaskattnFwdPara
     // The walk's end: a stage with no copies, whose full_v completes too so that its
     // phases keep counting the ring's rounds.
     const int s = ring.stage();
-    mbarrier_wait(sm.empty(s), ring.phase() ^ 1);
+    producer_wait(sm.empty(s), ring.phase() ^ 1);
     if (lane == 0) {
         *sm.walk(s) = make_int2(-1, MASKATTN_TILE_EMPTY);
         mbarrier_arrive(sm.full_k(s));
@@ -216,8 +224,11 @@ __device__ __forceinline__ void consume(const Smem<T> &sm, const MaskattnFwdPara
 #pragma unroll
             for (int r = 0; r < 4; ++r) pv_a[j][r] = fwd::pack2<Elem>(s[0][2 * j + r / 2][2 * (r % 2)], s[0][2 * j + r / 2][2 * (r % 2) + 1]);
     };
-    auto release = [&](int stage) {
-        if (lane == 0) mbarrier_arrive(sm.empty(stage));
+    // One arrival per warp, once every lane's reads of the stage (its walk entry
+    // included) are done.
+    auto release = [&](uint32_t bar) {
+        __syncwarp();
+        if (lane == 0) mbarrier_arrive(bar);
     };
 
     mbarrier_wait(sm.q_full(), n & 1);
@@ -227,7 +238,7 @@ __device__ __forceinline__ void consume(const Smem<T> &sm, const MaskattnFwdPara
     int2 entry = *sm.walk(cur);
     ++ring.used;
     if (entry.x < 0) {
-        release(cur);
+        release(sm.empty(cur));
     } else {
         sm90::wgmma_fence();
         issue_qk(cur);
@@ -256,9 +267,9 @@ __device__ __forceinline__ void consume(const Smem<T> &sm, const MaskattnFwdPara
             }
             sm90::wgmma_wait<0>();
             sm90::fence_registers(flat<D>(st.o));
-            release(cur);
+            release(sm.empty(cur));
             if (next_entry.x < 0) {
-                release(next);
+                release(sm.empty(next));
                 break;
             }
             fwd::OnlineSoftmax<1>::rescale(st.o, alpha, grew);
@@ -268,7 +279,7 @@ __device__ __forceinline__ void consume(const Smem<T> &sm, const MaskattnFwdPara
         }
     }
     // Every wgmma reading Q has retired.
-    if (lane == 0) mbarrier_arrive(sm.q_empty());
+    release(sm.q_empty());
 }
 
 }  // namespace hopper_fwd
