@@ -469,6 +469,144 @@ mod tests {
         assert!(matches!(plan::<f16>(&wrong_tiles), Err(Error::Shape(m)) if m.contains("tiles")));
     }
 
+    /// The Hopper plan: a persistent grid of at most the SM count, the kernel per dtype
+    /// and head dim, the mma.sync plan's parameters after the three tensor maps, and
+    /// the mma.sync kernel for what a TMA cannot read (a broadcast K) or where the
+    /// backend takes the mma.sync path.
+    #[test]
+    fn the_hopper_plan_is_persistent_and_falls_back_where_tma_cannot_read() {
+        let mut rec = Recorder::default();
+        rec.forward_path = ForwardPath::Hopper;
+        let mask = Mask::causal(300, 300).unwrap();
+        let (q, kv) = inputs(2, 300, 4, 2, 96);
+        attention(&rec, q.view(), kv.view(), kv.view(), &mask, None, None).unwrap();
+        let hp: HopperForwardArgs = {
+            let l = &rec.launches()[0];
+            assert_eq!(l.kernel, "maskattn_hopper_fwd_f16_d96");
+            // 3 query tiles x 2 x 4 heads = 24 work items, fewer than the 132 SMs.
+            assert_eq!((l.grid, l.block, l.smem_bytes), ((24, 1, 1), (384, 1, 1), ffi::MASKATTN_HOPPER_FWD_SMEM_D96));
+            l.params()
+        };
+        let mma = plan::<f16>(&mma_args_of(&hp.params, &mask, &rec)).unwrap().params;
+        assert_eq!(format!("{:?}", hp.params), format!("{mma:?}"));
+
+        let long = Mask::causal(128 * 20, 128 * 20).unwrap();
+        let (q, kv) = inputs(1, 128 * 20, 8, 8, 128);
+        attention(&rec, q.view(), kv.view(), kv.view(), &long, None, None).unwrap();
+        let long_launch = (rec.launches()[1].kernel.clone(), rec.launches()[1].grid);
+        assert_eq!(long_launch, ("maskattn_hopper_fwd_f16_d128".to_string(), (132, 1, 1)));
+
+        // K and V broadcast along L (zero row stride): no tensor map, the mma.sync kernel.
+        let k_row = Array4::from_elem((1, 1, 2, 96), f16::ONE);
+        let k_all = k_row.broadcast((2, 300, 2, 96)).unwrap();
+        let (q, _) = inputs(2, 300, 4, 2, 96);
+        let sh = AttnShape::new(q.shape(), k_all.shape(), k_all.shape(), &mask).unwrap();
+        let fwd_mask = ForwardMask::new(&rec, &mask, 96).unwrap();
+        let (qb, kb) = (upload_array(&rec, &q.view()).unwrap(), rec.upload(k_row.as_slice().unwrap()).unwrap());
+        let (q_dims, kv_dims) = qkv_dims(&sh);
+        let (q_arg, _) = TensorArg::of(&rec, &qb, q_dims);
+        let (BufArg { addr, len }, _) = BufArg::of(&rec, &kb);
+        let k_arg = TensorArg { addr, len, layout: Layout4 { dims: kv_dims, strides: [0, 0, 96, 1] } };
+        let mut out = rec.zeros::<f16>(q.len()).unwrap();
+        let mut lse = rec.zeros::<f32>(2 * 4 * 300).unwrap();
+        let (out, _) = TensorArg::of_mut(&rec, &mut out, q_dims);
+        let (lse, _) = BufArg::of_mut(&rec, &mut lse);
+        let args = ForwardArgs { q: q_arg, k: k_arg, v: k_arg, mask: fwd_mask.args(&rec).0, selection: None, scale: None, out, lse };
+        // SAFETY: the recorder runs nothing.
+        unsafe { launch::<_, f16>(&rec, &args) }.unwrap();
+        assert_eq!(rec.launches()[2].kernel, "maskattn_fwd_f16_d96");
+
+        let mut mma_rec = Recorder::default();
+        mma_rec.forward_path = ForwardPath::Mma;
+        let (q, kv) = inputs(1, 300, 2, 2, 64);
+        attention(&mma_rec, q.view(), kv.view(), kv.view(), &mask, None, None).unwrap();
+        assert_eq!(mma_rec.launches()[0].kernel, "maskattn_fwd_f16_d64");
+    }
+
+    /// The mma.sync plan's arguments for the buffers `p` names (the recorder keeps
+    /// every upload, so the addresses are those of live fake buffers).
+    fn mma_args_of(p: &ffi::MaskattnFwdParams, mask: &Mask, rec: &Recorder) -> ForwardArgs {
+        let dims = |l: usize, h: usize| [p.batch as usize, l, h as usize, p.head_dim as usize];
+        let (q_dims, kv_dims) = (dims(p.len_q as usize, p.heads_q as usize), dims(p.len_k as usize, p.heads_kv as usize));
+        let t = |addr: *const std::ffi::c_void, dims: [usize; 4]| TensorArg {
+            addr: addr as u64,
+            len: dims.iter().product(),
+            layout: Layout4::contiguous(dims),
+        };
+        let fwd_mask = ForwardMask::new(rec, mask, p.head_dim as usize).unwrap();
+        let (mut mask_args, _) = fwd_mask.args(rec);
+        (mask_args.intervals, mask_args.tile_order) = (p.intervals as u64, p.tile_order as u64);
+        ForwardArgs {
+            q: t(p.q, q_dims),
+            k: t(p.k, kv_dims),
+            v: t(p.v, kv_dims),
+            mask: mask_args,
+            selection: None,
+            scale: None,
+            out: t(p.o as *const _, q_dims),
+            lse: BufArg { addr: p.lse as u64, len: (p.batch * p.heads_q * p.len_q) as usize },
+        }
+    }
+
+    /// The Hopper kernel's work, counted by the CPU backend, is the walk the host
+    /// computes with 128 x 128 tiles: per (batch, head) and query tile, Q loaded once
+    /// and K and V of every non-EMPTY key tile the selection keeps (no EMPTY tile is
+    /// loaded), and per walked tile the GEMMs of both consumer warpgroups (D / 16
+    /// wgmmas for S, 8 for P V).
+    #[cfg(feature = "cpu")]
+    #[test]
+    fn hopper_work_model_is_the_walk() {
+        use crate::cpu::{CpuBackend, CpuOptions};
+        use crate::tiles::TileClass;
+        let layout = "text:20,frames:3x150,text:10".parse().unwrap();
+        let masks = [
+            Mask::causal(300, 300).unwrap(),
+            Mask::frame_block_causal(&layout).unwrap(),
+            Mask::causal_cross(70, 3, 100).unwrap(),
+            Mask::sliding_window(400, 400, 130, 4).unwrap(),
+        ];
+        for (i, mask) in masks.iter().enumerate() {
+            let d = [64, 96, 128][i % 3];
+            let (b, h) = (2, 2);
+            let cpu = CpuBackend::with_options(CpuOptions { forward_path: ForwardPath::Hopper, sms: 3, ..CpuOptions::default() });
+            let q = Array4::from_elem((b, mask.len_q(), h, d), f16::ONE);
+            let kv = Array4::from_elem((b, mask.len_k(), 1, d), f16::ONE);
+            // Every other visible block selected (odd masks), else no selection.
+            let causal = false;
+            let selection = (i % 2 == 1).then(|| {
+                let full = BlockSelection::full(b, h, mask.len_q(), mask.len_k(), causal).unwrap();
+                let bytes = full.as_bytes().iter().enumerate().map(|(n, &x)| x * (n % 2 == 0) as u8).collect();
+                BlockSelection::from_bytes(b, h, mask.len_q(), mask.len_k(), causal, bytes).unwrap()
+            });
+            let (out, _) = attention(&cpu, q.view(), kv.view(), kv.view(), mask, selection.as_ref(), None).unwrap();
+            assert!(out.iter().all(|x| x.to_f32().is_finite()));
+
+            let shape = TileShape::new(128, 128).unwrap();
+            let (qt_count, kt_count) = (mask.len_q().div_ceil(128), mask.len_k().div_ceil(128));
+            let classes = tiles::tile_classes(mask, shape);
+            let (mut full, mut partial) = (0u64, 0u64);
+            for bh in 0..b * h {
+                for qt in 0..qt_count {
+                    for kt in 0..kt_count {
+                        let kept = selection.as_ref().map_or(true, |s| s.as_bytes()[(bh * qt_count + qt) * kt_count + kt] != 0);
+                        match classes[qt * kt_count + kt] {
+                            TileClass::Full if kept => full += 1,
+                            TileClass::Partial if kept => partial += 1,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            let (walked, items, chunks) = (full + partial, (b * h * qt_count) as u64, d.div_ceil(64) as u64);
+            let c = cpu.counters();
+            assert_eq!(c.key_tiles, [0, full, partial], "{mask:?}");
+            assert_eq!(c.wgmma, walked * 2 * (d as u64 / 16 + 8), "{mask:?}");
+            assert_eq!(c.tma_loads, (items + 2 * walked) * chunks, "{mask:?}");
+            assert_eq!(c.bytes_tma, (items + 2 * walked) * chunks * 128 * 128, "{mask:?}");
+            assert_eq!((c.ctas, c.mma), (3, 0), "{mask:?}");
+        }
+    }
+
     /// A zero row stride is a broadcast (every key reads the same K and V row): the
     /// kernel, run on the CPU backend, gives bit for bit what it gives on the rows
     /// written out, at a length that is not a tile multiple.
