@@ -1,6 +1,7 @@
 // Backward flash attention under interval masks (FlashAttention-2's backward on
-// mma.sync); src/emulator/backward.rs is the step-by-step specification of the
-// schedule. Four kernels, launched in this order by src/cuda/backward.rs:
+// mma.sync). Its walk of query tiles per key tile is specified on the host by
+// src/tiles.rs and checked on the CPU backend by tests/cpu_backend.rs's backward work
+// model; its results by the f64 reference (src/reference). Four kernels, launched in this order by src/cuda/backward.rs:
 //
 // 1. maskattn_bwd_preprocess_*: per (batch, query head, row) D = rowsum(dO * O) and
 //    the LSE in base 2 (-inf, a row that sees no key, becomes +inf so that

@@ -1,8 +1,10 @@
 // Forward flash attention under interval masks (FlashAttention-2 on mma.sync):
 // one CTA per (batch x head, query tile) computes O and LSE of
 // MASKATTN_FWD_BLOCK_M query rows, walking only the key tiles the tile's mask
-// summary cannot rule out, in ascending order (the CPU emulator in
-// src/emulator is the step-by-step specification of this walk).
+// summary cannot rule out, in ascending order. The walk is specified on the host by
+// src/tiles.rs (the same mask_tiles.h, checked against brute force in
+// tests/tiles.rs); tests/cpu_backend.rs's work model checks that this kernel, run on
+// the CPU backend, walks exactly that.
 //
 // K and V are double-buffered. Per non-empty key tile kt, in buffer b:
 //   wait for K(kt), V(kt); barrier

@@ -1,8 +1,9 @@
 // Tile classification of interval masks: the one piece of mask logic the kernels
 // and the host share. Compiled by nvcc into every kernel and by the host C++
 // compiler into the crate (csrc/host/mask_tiles_host.cpp), where the Rust tests
-// check it against brute force and the CPU emulator runs it, so the code the GPU
-// runs is the code CI tests.
+// check it against brute force (tests/tiles.rs) and src/tiles.rs builds the walks
+// the kernels' work models are checked against, so the code the GPU runs is the code
+// CI tests.
 //
 // A mask is, per query row, at most two half-open key intervals
 // [s0, e0) U [s1, e1); an interval with s >= e is empty.

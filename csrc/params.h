@@ -177,8 +177,8 @@ typedef struct MaskattnXattnSelectParams {
     int32_t causal;
 } MaskattnXattnSelectParams;
 
-/* Backward pass (csrc/flash_bwd.cu, FlashAttention-2's schedule transposed; the CPU
- * emulator src/emulator/backward.rs is its step-by-step specification).
+/* Backward pass (csrc/flash_bwd.cu, FlashAttention-2's schedule transposed; its walk
+ * is specified by src/tiles.rs and checked on the CPU backend, tests/cpu_backend.rs).
  *
  * Main kernel: one CTA of MASKATTN_BWD_THREADS threads (8 warps, 16 keys each) per
  * (batch, kv head, key tile of MASKATTN_BWD_BLOCK_N keys) holds the tile's dK and dV

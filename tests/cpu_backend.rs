@@ -10,7 +10,7 @@ use half::bf16;
 use maskattn::cpu::{Counters, CpuBackend, CpuOptions, Schedule};
 use maskattn::tiles::{self, TileClass, TileConfig};
 use maskattn::xattention::{Tau, XAttnConfig};
-use maskattn::{Kernels, Mask};
+use maskattn::{ForwardPath, Kernels, Mask};
 
 fn forward(cpu: &CpuBackend, mask: &Mask, b: usize, h: usize, d: usize) -> (ndarray::Array4<bf16>, Counters) {
     let (_, q) = common::rounded::<bf16>(random_array((b, mask.len_q(), h, d), 1));
@@ -28,7 +28,8 @@ fn forward(cpu: &CpuBackend, mask: &Mask, b: usize, h: usize, d: usize) -> (ndar
 /// bank conflicts.
 #[test]
 fn forward_work_model() {
-    let cpu = CpuBackend::new();
+    // The mma.sync kernel's model (the Hopper kernel's: src/launch/forward.rs).
+    let cpu = CpuBackend::with_options(CpuOptions { forward_path: ForwardPath::Mma, ..CpuOptions::default() });
     let layout = "text:20,frames:3x100,text:17".parse().unwrap();
     let masks = [
         Mask::causal(300, 300).unwrap(),
@@ -128,8 +129,11 @@ fn every_gpu_shared_memory_budget_at_every_head_dim() {
             let (_, g) = common::rounded::<T>(random_array((1, 70, 2, d), 4));
             let cfg = XAttnConfig { stride: 8, tau: Tau::Scalar(0.9), causal: true };
             let bits = |a: &ndarray::Array4<T>| a.iter().map(|x| x.to_f64().to_bits()).collect::<Vec<_>>();
+            // One forward kernel at every budget (the Hopper one needs 161 KB), so that
+            // the results can be compared bit for bit.
             let cpu = |max_dynamic_smem, tile_config| {
-                CpuBackend::with_options(CpuOptions { max_dynamic_smem, tile_config, ..CpuOptions::default() })
+                let forward_path = ForwardPath::Mma;
+                CpuBackend::with_options(CpuOptions { max_dynamic_smem, tile_config, forward_path, ..CpuOptions::default() })
             };
             let backward = |cpu: &CpuBackend| {
                 [false, true].map(|deterministic| {

@@ -222,7 +222,10 @@ __device__ __forceinline__ void consume(const Smem<T> &sm, const MaskattnFwdPara
 #pragma unroll
         for (int j = 0; j < T::kPVSteps; ++j)
 #pragma unroll
-            for (int r = 0; r < 4; ++r) pv_a[j][r] = fwd::pack2<Elem>(s[0][2 * j + r / 2][2 * (r % 2)], s[0][2 * j + r / 2][2 * (r % 2) + 1]);
+            for (int r = 0; r < 4; ++r) {
+                const float(&x)[4] = s[0][2 * j + r / 2];
+                pv_a[j][r] = fwd::pack2<Elem>(x[2 * (r % 2)], x[2 * (r % 2) + 1]);
+            }
     };
     // One arrival per warp, once every lane's reads of the stage (its walk entry
     // included) are done.
@@ -231,52 +234,62 @@ __device__ __forceinline__ void consume(const Smem<T> &sm, const MaskattnFwdPara
         if (lane == 0) mbarrier_arrive(bar);
     };
 
+    // The next stage's walk entry, once its K has landed.
+    auto fetch = [&](int &stage, uint32_t &phase) {
+        stage = ring.stage();
+        phase = ring.phase();
+        ++ring.used;
+        mbarrier_wait(sm.full_k(stage), phase);
+        return *sm.walk(stage);
+    };
+
     mbarrier_wait(sm.q_full(), n & 1);
-    int cur = ring.stage();
-    uint32_t cur_phase = ring.phase();
-    mbarrier_wait(sm.full_k(cur), cur_phase);
-    int2 entry = *sm.walk(cur);
-    ++ring.used;
-    if (entry.x < 0) {
+    int cur, next;
+    uint32_t cur_phase, next_phase;
+    const int2 first = fetch(cur, cur_phase);
+    if (first.x < 0) {
         release(sm.empty(cur));
     } else {
         sm90::wgmma_fence();
         issue_qk(cur);
         sm90::wgmma_wait<0>();
         sm90::fence_registers(flat<BN>(s));
-        if (entry.y == MASKATTN_TILE_PARTIAL) mask(entry.x);
+        if (first.y == MASKATTN_TILE_PARTIAL) mask(first.x);
         float alpha[1][2];
         st.softmax.fold(s, alpha, p.scale_log2);  // O is still 0: nothing to rescale
         to_a();
-        for (;;) {
-            const int next = ring.stage();
-            const uint32_t next_phase = ring.phase();
-            mbarrier_wait(sm.full_k(next), next_phase);
-            const int2 next_entry = *sm.walk(next);
-            ++ring.used;
-            sm90::wgmma_fence();
-            if (next_entry.x >= 0) issue_qk(next);
+        // Every iteration issues both GEMMs, unconditionally, so that ptxas can track
+        // which accumulators are in flight (a wgmma issued under a branch serializes
+        // the pipeline); the last tile's P V follows the loop.
+        for (int2 entry = fetch(next, next_phase); entry.x >= 0; entry = fetch(next, next_phase)) {
+            // V before issuing anything: a wait between the two GEMMs is a branch
+            // inside the pipeline stage, which serializes it.
             mbarrier_wait(sm.full_v(cur), cur_phase);
+            sm90::wgmma_fence();
+            issue_qk(next);
             issue_pv(cur);
-            bool grew = false;
-            if (next_entry.x >= 0) {
-                sm90::wgmma_wait<1>();  // S of the next tile; P V may still run
-                sm90::fence_registers(flat<BN>(s));
-                if (next_entry.y == MASKATTN_TILE_PARTIAL) mask(next_entry.x);
-                grew = st.softmax.fold(s, alpha, p.scale_log2);
-            }
+            sm90::wgmma_wait<1>();  // S of the next tile; P V may still run
+            sm90::fence_registers(flat<BN>(s));
+            if (entry.y == MASKATTN_TILE_PARTIAL) mask(entry.x);
+            const bool grew = st.softmax.fold(s, alpha, p.scale_log2);
+            // Pins the softmax before the wait: register arithmetic may otherwise be
+            // scheduled after it, and the overlap with P V is lost.
+            sm90::fence_registers(flat<BN>(s));
             sm90::wgmma_wait<0>();
             sm90::fence_registers(flat<D>(st.o));
             release(sm.empty(cur));
-            if (next_entry.x < 0) {
-                release(sm.empty(next));
-                break;
-            }
             fwd::OnlineSoftmax<1>::rescale(st.o, alpha, grew);
             to_a();
             cur = next;
             cur_phase = next_phase;
         }
+        mbarrier_wait(sm.full_v(cur), cur_phase);
+        sm90::wgmma_fence();
+        issue_pv(cur);
+        sm90::wgmma_wait<0>();
+        sm90::fence_registers(flat<D>(st.o));
+        release(sm.empty(cur));
+        release(sm.empty(next));  // the walk's end
     }
     // Every wgmma reading Q has retired.
     release(sm.q_empty());

@@ -28,8 +28,8 @@ struct Traits {
                   "a (query tile, key tile) pair is one selection block");
     // Registers per thread after setmaxnreg: 128 x 24 + 256 x 240 = 64,512 of the
     // SM's 65,536. A consumer holds S (64), P (32) and O (D / 2) at once.
-    static constexpr int kProducerRegs = 24;
-    static constexpr int kConsumerRegs = 240;
+    static constexpr int kProducerRegs = 56;
+    static constexpr int kConsumerRegs = 224;
 
     // A tile is stored as 64-column chunks of 128-byte rows in the 128-byte swizzle
     // (the widest row TMA and wgmma swizzle): chunk c holds columns 64 c .. 64 c + 63.

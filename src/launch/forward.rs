@@ -244,7 +244,8 @@ fn hopper_map<T: KernelElement>(name: &'static str, t: &TensorArg) -> Option<Ten
 }
 
 /// The Hopper launch for `a`, or `None` where the Hopper kernel does not cover it (the
-/// mma.sync kernel then runs it): `mma` is the mma.sync plan of the same call, whose
+/// mma.sync kernel then runs it: a tensor a TMA cannot read, a shared-memory budget
+/// below the kernel's): `mma` is the mma.sync plan of the same call, whose
 /// checks both kernels rely on. A persistent grid of at most `b`'s SM count.
 pub(crate) fn plan_hopper<B: Backend, T: KernelElement>(
     b: &B,
@@ -269,6 +270,10 @@ pub(crate) fn plan_hopper<B: Backend, T: KernelElement>(
         96 => ffi::MASKATTN_HOPPER_FWD_SMEM_D96,
         _ => ffi::MASKATTN_HOPPER_FWD_SMEM_D128,
     };
+    // Every sm_90 part has 227 KB; a smaller budget is the CPU backend playing another GPU.
+    if smem > b.smem_budget() {
+        return Ok(None);
+    }
     Ok(Some(KernelLaunch {
         kernel: format!("maskattn_hopper_fwd_{}_d{}", T::KERNEL_NAME, p.head_dim),
         grid: (items.min(b.persistent_ctas() as usize) as u32, 1, 1),
@@ -604,6 +609,24 @@ mod tests {
             assert_eq!(c.tma_loads, (items + 2 * walked) * chunks, "{mask:?}");
             assert_eq!(c.bytes_tma, (items + 2 * walked) * chunks * 128 * 128, "{mask:?}");
             assert_eq!((c.ctas, c.mma), (3, 0), "{mask:?}");
+        }
+    }
+
+    /// Below the Hopper kernel's shared memory (161 KB at D = 128: the CPU backend
+    /// playing a 99 KB GPU, say), the Hopper path runs the mma.sync kernel rather than
+    /// fail.
+    #[cfg(feature = "cpu")]
+    #[test]
+    fn the_hopper_path_under_a_smaller_budget_runs_the_mma_kernel() {
+        use crate::cpu::{CpuBackend, CpuOptions};
+        let mask = Mask::causal(130, 130).unwrap();
+        let (q, kv) = inputs(1, 130, 2, 1, 128);
+        for (budget, hopper) in [(99 * 1024, false), (160 * 1024, false), (163 * 1024, true), (227 * 1024, true)] {
+            let options = CpuOptions { forward_path: ForwardPath::Hopper, max_dynamic_smem: budget, ..CpuOptions::default() };
+            let cpu = CpuBackend::with_options(options);
+            attention(&cpu, q.view(), kv.view(), kv.view(), &mask, None, None).unwrap();
+            let c = cpu.counters();
+            assert_eq!((c.wgmma > 0, c.mma > 0), (hopper, !hopper), "budget {budget}");
         }
     }
 
