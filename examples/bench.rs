@@ -1,6 +1,7 @@
 //! The forward bench program: every canonical case of DESIGN.md section 5 (but the
 //! block-sparse ones), our kernel with the case's mask and with the dense mask of the
-//! same shape, median ms and effective TFLOP/s (`4 * B * Hq * D * visible pairs /
+//! same shape, on each forward path of the GPU (the Hopper kernel and the mma.sync one
+//! on sm_90), median ms and effective TFLOP/s (`4 * B * Hq * D * visible pairs /
 //! time`, only the mask's visible pairs are credited, for both). Writes JSON in the
 //! peers' format (shared/peers/flex_sdpa.py) so the two can be put side by side.
 //!
@@ -18,6 +19,7 @@ use clap::Parser;
 use half::{bf16, f16};
 use maskattn::cases::{self, Case};
 use maskattn::cuda::{BackwardCaseBuffers, CaseBuffers, Gpu, KernelElement};
+use maskattn::ForwardPath;
 
 #[derive(Parser)]
 struct Args {
@@ -123,32 +125,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if a.bwd {
         results = bench_bwd(&gpu, &a, &names, dtype)?;
     }
+    // On sm_90 the default is the Hopper kernel; the mma.sync kernel runs beside it, so
+    // that one run gives both paths' ratios.
+    let mut paths = vec![("maskattn", gpu.clone())];
+    if gpu.forward_path()? == ForwardPath::Hopper {
+        paths.push(("maskattn_mma", gpu.clone().with_forward_path(ForwardPath::Mma)));
+    }
     for name in names.iter().filter(|_| !a.bwd) {
         let case = cases::case(name, a.hkv, a.d)?;
-        let (ms, dense_ms) =
-            if a.f16 { measure::<f16>(&gpu, &case, a.iters)? } else { measure::<bf16>(&gpu, &case, a.iters)? };
-        let eff = case.flops(&case.mask) / ms / 1e9;
-        println!(
-            "{:14} maskattn {:9.3} ms {:7.1} TFLOP/s(eff) | dense same shape {:9.3} ms ({:.2}x)",
-            case.name,
-            ms,
-            eff,
-            dense_ms,
-            dense_ms / ms
-        );
-        for (imp, t, note) in [
-            ("maskattn", ms, ""),
-            (
-                "maskattn_dense_same_shape",
+        for (imp, g) in &paths {
+            let (ms, dense_ms) =
+                if a.f16 { measure::<f16>(g, &case, a.iters)? } else { measure::<bf16>(g, &case, a.iters)? };
+            let path = format!("{:?}", g.forward_path()?).to_lowercase();
+            println!(
+                "{:14} {imp:12} ({path:6}) {:9.3} ms {:7.1} TFLOP/s(eff) | dense same shape {:9.3} ms ({:.2}x)",
+                case.name,
+                ms,
+                case.flops(&case.mask) / ms / 1e9,
                 dense_ms,
-                "computes the dense mask's pairs; eff counts only the case mask's visible pairs",
-            ),
-        ] {
-            results.push(serde_json::json!({
-                "case": case.name, "impl": imp, "ms": t, "eff_tflops": case.flops(&case.mask) / t / 1e9,
-                "B": case.batch, "H": case.heads_q, "Hkv": case.heads_kv, "D": case.head_dim, "dtype": dtype,
-                "Lq": case.mask.len_q(), "Lk": case.mask.len_k(), "visible_pairs": case.mask.visible_pairs(), "note": note,
-            }));
+                dense_ms / ms
+            );
+            let dense = format!("{imp}_dense_same_shape");
+            for (imp, t, note) in [
+                (*imp, ms, ""),
+                (
+                    dense.as_str(),
+                    dense_ms,
+                    "computes the dense mask's pairs; eff counts only the case mask's visible pairs",
+                ),
+            ] {
+                results.push(serde_json::json!({
+                    "case": case.name, "impl": imp, "forward_path": path, "ms": t,
+                    "eff_tflops": case.flops(&case.mask) / t / 1e9,
+                    "B": case.batch, "H": case.heads_q, "Hkv": case.heads_kv, "D": case.head_dim, "dtype": dtype,
+                    "Lq": case.mask.len_q(), "Lk": case.mask.len_k(), "visible_pairs": case.mask.visible_pairs(),
+                    "note": note,
+                }));
+            }
         }
     }
     if let Some(path) = a.json {

@@ -205,3 +205,26 @@ fn block_sparse_forward_matches_the_sparse_reference() {
         });
     });
 }
+
+/// On a GPU: the default forward path is the Hopper kernel on sm_90 and the mma.sync
+/// kernel elsewhere; the Hopper path forced on another GPU is `Unsupported` at the
+/// forward, before any launch. Skips (with a message) without a GPU.
+#[cfg(feature = "cuda")]
+#[test]
+fn gpu_forward_path_follows_the_architecture() {
+    use maskattn::{Error, ForwardPath};
+    let Some(gpu) = common::shared_gpu() else { return };
+    let sm90 = gpu.compute_capability().unwrap() == (9, 0);
+    if std::env::var(maskattn::FORWARD_PATH_ENV).is_err() {
+        let want = if sm90 { ForwardPath::Hopper } else { ForwardPath::Mma };
+        assert_eq!(gpu.forward_path().unwrap(), want);
+    }
+    let hopper = gpu.clone().with_forward_path(ForwardPath::Hopper);
+    let x = Array4::<bf16>::zeros((1, 64, 1, 64));
+    let got = hopper.attention(x.view(), x.view(), x.view(), &Mask::causal(64, 64).unwrap(), None);
+    match (sm90, got) {
+        (true, Ok(_)) => {}
+        (false, Err(Error::Unsupported(msg))) => assert!(msg.contains("sm_90"), "{msg}"),
+        (_, other) => panic!("sm_90 {sm90}: {:?}", other.map(|_| ())),
+    }
+}
