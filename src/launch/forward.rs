@@ -268,7 +268,8 @@ pub(crate) fn plan_hopper<B: Backend, T: KernelElement>(
     let smem = match p.head_dim {
         64 => ffi::MASKATTN_HOPPER_FWD_SMEM_D64,
         96 => ffi::MASKATTN_HOPPER_FWD_SMEM_D96,
-        _ => ffi::MASKATTN_HOPPER_FWD_SMEM_D128,
+        128 => ffi::MASKATTN_HOPPER_FWD_SMEM_D128,
+        _ => return Ok(None),
     };
     // Every sm_90 part has 227 KB; a smaller budget is the CPU backend playing another GPU.
     if smem > b.smem_budget() {

@@ -143,6 +143,7 @@ macro_rules! each_forward_path {
         }
         #[cfg(feature = "cuda")]
         if let Some(($k, $name)) = common::shared_gpu_other_path() {
+            let _ = $name;
             $body
         }
     }};
