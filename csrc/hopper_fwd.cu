@@ -53,7 +53,7 @@ __device__ __forceinline__ void forward(const TensorMap *q_map, const TensorMap 
 #define MASKATTN_HOPPER_FWD_ENTRY(name, Elem, D)                                                               \
     extern "C" __global__ void __launch_bounds__(MASKATTN_HOPPER_FWD_THREADS, 1)                               \
         name(const __grid_constant__ maskattn::sm90::TensorMap q, const __grid_constant__ maskattn::sm90::TensorMap k, \
-             const __grid_constant__ maskattn::sm90::TensorMap v, const MaskattnFwdParams p) {                  \
+             const __grid_constant__ maskattn::sm90::TensorMap v, const __grid_constant__ MaskattnFwdParams p) {  \
         maskattn::hopper_fwd::forward<maskattn::hopper_fwd::Traits<Elem, D>>(&q, &k, &v, p);                    \
     }                                                                                                           \
     MASKATTN_REGISTER_KERNEL(name)

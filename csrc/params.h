@@ -38,17 +38,18 @@
  * TMA loads), warpgroups 1 and 2 consume, 64 query rows each of a
  * MASKATTN_HOPPER_FWD_BLOCK_M-row query tile, walking key tiles of
  * MASKATTN_HOPPER_FWD_BLOCK_N keys through a ring of MASKATTN_HOPPER_FWD_STAGES
- * (K, V) stages. Tiles are stored as 64-column chunks of 128-byte swizzled rows (D = 96
+ * (K, V) stages: a consumer holds two (this tile's V, the next tile's K), so the third
+ * is the one the producer fills ahead. Tiles are stored as 64-column chunks of 128-byte swizzled rows (D = 96
  * takes two, the upper half of the second zero-filled by the TMA). Dynamic shared
  * memory: 1,024 bytes to align the buffer to the swizzle's pattern, the Q tile,
  * the stages, then 128 bytes of mbarriers and the stages' key tiles. */
 #define MASKATTN_HOPPER_FWD_THREADS 384
 #define MASKATTN_HOPPER_FWD_BLOCK_M 128
 #define MASKATTN_HOPPER_FWD_BLOCK_N 128
-#define MASKATTN_HOPPER_FWD_STAGES 2
-#define MASKATTN_HOPPER_FWD_SMEM_D64 (1024 + (128 + 2 * 2 * 128) * 1 * 128 + 128)
-#define MASKATTN_HOPPER_FWD_SMEM_D96 (1024 + (128 + 2 * 2 * 128) * 2 * 128 + 128)
-#define MASKATTN_HOPPER_FWD_SMEM_D128 (1024 + (128 + 2 * 2 * 128) * 2 * 128 + 128)
+#define MASKATTN_HOPPER_FWD_STAGES 3
+#define MASKATTN_HOPPER_FWD_SMEM_D64 (1024 + (128 + 3 * 2 * 128) * 1 * 128 + 128)
+#define MASKATTN_HOPPER_FWD_SMEM_D96 (1024 + (128 + 3 * 2 * 128) * 2 * 128 + 128)
+#define MASKATTN_HOPPER_FWD_SMEM_D128 (1024 + (128 + 3 * 2 * 128) * 2 * 128 + 128)
 
 /* Min/max, over the rows of a query tile, of each of the rows' two half-open key
  * intervals [s0, e0) U [s1, e1). Only rows whose interval j is non-empty enter

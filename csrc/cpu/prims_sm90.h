@@ -65,6 +65,8 @@ inline void wgmma_wait() {
 
 template <int R>
 inline void fence_registers(float (&)[R]) {}
+template <int R>
+inline void fence_registers(uint32_t (&)[R]) {}
 
 template <typename Elem>
 constexpr bool is_bf16() {

@@ -234,6 +234,15 @@ __device__ __forceinline__ void consume(const Smem<T> &sm, const MaskattnFwdPara
         if (lane == 0) mbarrier_arrive(bar);
     };
 
+    // wgmma.fence, after every write of the registers the next wgmmas use (S, O, P):
+    // the fences pin those writes before it, as the ISA requires.
+    auto fence_operands = [&]() {
+        sm90::fence_registers(flat<BN>(s));
+        sm90::fence_registers(flat<D>(st.o));
+#pragma unroll
+        for (int j = 0; j < T::kPVSteps; ++j) sm90::fence_registers(pv_a[j]);
+        sm90::wgmma_fence();
+    };
     // The next stage's walk entry, once its K has landed.
     auto fetch = [&](int &stage, uint32_t &phase) {
         stage = ring.stage();
@@ -250,7 +259,7 @@ __device__ __forceinline__ void consume(const Smem<T> &sm, const MaskattnFwdPara
     if (first.x < 0) {
         release(sm.empty(cur));
     } else {
-        sm90::wgmma_fence();
+        fence_operands();
         issue_qk(cur);
         sm90::wgmma_wait<0>();
         sm90::fence_registers(flat<BN>(s));
@@ -265,7 +274,7 @@ __device__ __forceinline__ void consume(const Smem<T> &sm, const MaskattnFwdPara
             // V before issuing anything: a wait between the two GEMMs is a branch
             // inside the pipeline stage, which serializes it.
             mbarrier_wait(sm.full_v(cur), cur_phase);
-            sm90::wgmma_fence();
+            fence_operands();
             issue_qk(next);
             issue_pv(cur);
             sm90::wgmma_wait<1>();  // S of the next tile; P V may still run
@@ -284,7 +293,7 @@ __device__ __forceinline__ void consume(const Smem<T> &sm, const MaskattnFwdPara
             cur_phase = next_phase;
         }
         mbarrier_wait(sm.full_v(cur), cur_phase);
-        sm90::wgmma_fence();
+        fence_operands();
         issue_pv(cur);
         sm90::wgmma_wait<0>();
         sm90::fence_registers(flat<D>(st.o));

@@ -26,8 +26,10 @@ struct Traits {
     static_assert(kConsumers * kConsumerRows == kBlockM, "the consumers split the query tile");
     static_assert(kBlockM == MASKATTN_SELECT_BLOCK && kBlockN == MASKATTN_SELECT_BLOCK,
                   "a (query tile, key tile) pair is one selection block");
-    // Registers per thread after setmaxnreg: 128 x 24 + 256 x 240 = 64,512 of the
-    // SM's 65,536. A consumer holds S (64), P (32) and O (D / 2) at once.
+    // Registers per thread after setmaxnreg: 128 x 56 + 256 x 224 = 64,512 = 384 x 168,
+    // the count ptxas gives the kernel at entry under __launch_bounds__(384, 1). A
+    // consumer holds S (64), P (32) and O (D / 2) at once; the producer's warp reduction
+    // of the tile summary spills below 56.
     static constexpr int kProducerRegs = 56;
     static constexpr int kConsumerRegs = 224;
 

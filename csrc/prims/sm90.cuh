@@ -263,11 +263,18 @@ __device__ __forceinline__ void wgmma_wait() {
 #endif
 }
 
-// Keeps the compiler from moving accumulator accesses across an in-flight wgmma.
+// Keeps the compiler from moving accumulator accesses across an in-flight wgmma, or
+// the writes of a wgmma's registers (accumulators, A fragments) past the wgmma.fence
+// that must follow them.
 template <int R>
 __device__ __forceinline__ void fence_registers(float (&d)[R]) {
 #pragma unroll
     for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+template <int R>
+__device__ __forceinline__ void fence_registers(uint32_t (&a)[R]) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) asm volatile("" : "+r"(a[i])::"memory");
 }
 
 template <typename Elem, int TransA, int TransB>
