@@ -10,9 +10,9 @@
 // the producer made, without classifying again; a walk ends with an entry of key
 // tile -1, which carries no copies. Q has its own pair, q_full and q_empty.
 //
-// A consumer overlaps one tile's softmax with the tensor cores: it issues the next
-// tile's S = Q K^T and this tile's O += P V, waits for S only, masks it and folds it
-// into the softmax while P V runs, then waits for P V and rescales O.
+// A consumer issues the next tile's S = Q K^T and this tile's O += P V together,
+// waits for S only, masks it and folds it into the softmax, meant to run while P V
+// does, then waits for P V and rescales O.
 #pragma once
 
 #include "block_summary.cuh"
@@ -281,8 +281,8 @@ __device__ __forceinline__ void consume(const Smem<T> &sm, const MaskattnFwdPara
             sm90::fence_registers(flat<BN>(s));
             if (entry.y == MASKATTN_TILE_PARTIAL) mask(entry.x);
             const bool grew = st.softmax.fold(s, alpha, p.scale_log2);
-            // Pins the softmax before the wait: register arithmetic may otherwise be
-            // scheduled after it, and the overlap with P V is lost.
+            // Keeps the softmax before the wait in the PTX; ptxas may still schedule
+            // its EX2s after it, and does (bench/NOTES.md), losing the overlap.
             sm90::fence_registers(flat<BN>(s));
             sm90::wgmma_wait<0>();
             sm90::fence_registers(flat<D>(st.o));
