@@ -618,6 +618,43 @@ mod tests {
         }
     }
 
+    /// One persistent CTA through many work items whose walks are empty or one tile
+    /// long: the walk-end entries and the ring's wrap come at nearly every step, where a
+    /// lane that reads an entry and a producer that rewrites it are least separated by
+    /// other synchronisation (two protocol bugs the checking builds found there are
+    /// mutants of scripts/mutants.txt). Every schedule; the mma.sync kernel's output
+    /// as the yardstick.
+    #[cfg(feature = "cpu")]
+    #[test]
+    fn hopper_short_walks_through_one_persistent_cta() {
+        use crate::cpu::{CpuBackend, CpuOptions};
+        let rows: Vec<[i32; 4]> = (0..600)
+            .map(|r| match r / 128 {
+                0 | 3 => [0, 0, 0, 0],
+                1 => [0, 10, 0, 0],
+                2 => [200, 300, 0, 0],
+                _ => [0, r % 7, 590, 600],
+            })
+            .collect();
+        let mask = Mask::from_intervals(600, rows).unwrap();
+        let val = |i: usize| f16::from_f32(((i * 37 % 101) as f32 / 50.0 - 1.0) * 0.7);
+        let q = Array4::from_shape_fn((2, 600, 2, 64), |(b, i, h, c)| val(b * 7 + i * 131 + h * 17 + c));
+        let kv = Array4::from_shape_fn((2, 600, 1, 64), |(b, i, _, c)| val(b * 5 + i * 29 + 3 * c));
+        let mma = CpuBackend::with_options(CpuOptions { forward_path: ForwardPath::Mma, ..CpuOptions::default() });
+        let (want, want_lse) = attention(&mma, q.view(), kv.view(), kv.view(), &mask, None, None).unwrap();
+        for (schedule, cpu) in super::super::cpu_backends_per_schedule() {
+            let cpu = CpuBackend::with_options(CpuOptions { forward_path: ForwardPath::Hopper, sms: 1, ..cpu.options() });
+            let (out, lse) = attention(&cpu, q.view(), kv.view(), kv.view(), &mask, None, None)
+                .unwrap_or_else(|e| panic!("{schedule:?}: {e}"));
+            assert_eq!(cpu.counters().ctas, 1);
+            let diff = out.iter().zip(&want).map(|(a, b)| (a.to_f32() - b.to_f32()).abs()).fold(0f32, f32::max);
+            assert!(diff <= 1e-2, "{schedule:?}: max |hopper - mma| = {diff}");
+            for (a, b) in lse.iter().zip(&want_lse) {
+                assert!(a == b || (a - b).abs() <= 1e-3, "{schedule:?}: lse {a} vs {b}");
+            }
+        }
+    }
+
     /// Below the Hopper kernel's shared memory (230,528 bytes at D = 128: the CPU backend
     /// playing a 99 or 163 KB GPU), the Hopper path runs the mma.sync kernel rather
     /// than fail.
