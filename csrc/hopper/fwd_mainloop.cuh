@@ -84,7 +84,9 @@ struct Ring {
 
 // A wait of the producer warp's lanes, which leave it together: a lane that lagged
 // behind while lane 0 went on through two more phases of the barrier would wait
-// for a parity that has come round again, forever.
+// for a parity that has come round again, forever. (The CPU backend caught that
+// with a 2-stage ring; with 3 its schedules no longer reach it, so no mutant keeps
+// this __syncwarp, but the hazard is the ISA's, not the ring depth's.)
 __device__ __forceinline__ void producer_wait(uint32_t bar, uint32_t parity) {
     mbarrier_wait(bar, parity);
     __syncwarp();
