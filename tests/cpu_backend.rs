@@ -133,7 +133,12 @@ fn every_gpu_shared_memory_budget_at_every_head_dim() {
             // the results can be compared bit for bit.
             let cpu = |max_dynamic_smem, tile_config| {
                 let forward_path = ForwardPath::Mma;
-                CpuBackend::with_options(CpuOptions { max_dynamic_smem, tile_config, forward_path, ..CpuOptions::default() })
+                CpuBackend::with_options(CpuOptions {
+                    max_dynamic_smem,
+                    tile_config,
+                    forward_path,
+                    ..CpuOptions::default()
+                })
             };
             let backward = |cpu: &CpuBackend| {
                 [false, true].map(|deterministic| {

@@ -37,7 +37,12 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ),
     (
         "maskattn_hopper_fwd_bf16_d64",
-        &["HGMMA.64x128x16.F32.BF16", "HGMMA.64x64x16.F32.BF16", "UTMALDG.4D", "USETMAXREG.TRY_ALLOC.CTAPOOL UP1, 0xe0"],
+        &[
+            "HGMMA.64x128x16.F32.BF16",
+            "HGMMA.64x64x16.F32.BF16",
+            "UTMALDG.4D",
+            "USETMAXREG.TRY_ALLOC.CTAPOOL UP1, 0xe0",
+        ],
     ),
     ("maskattn_probe_hopper_wgmma", &["HGMMA.64x256x16.F32.BF16", "HGMMA.64x96x16.F32"]),
     ("maskattn_probe_hopper_tma", &["UTMALDG.2D", "UTMALDG.3D", "UTMALDG.5D", "SYNCS.PHASECHK.TRANS64"]),

@@ -10,11 +10,11 @@ use super::{
     check_lse, check_mask_lens, download_array, kernel_scale, qkv_dims, upload_array, Backend, BufArg, ForwardPath,
     KernelArgs, KernelElement, KernelLaunch, Layout4, TensorArg,
 };
-use crate::shape::DType;
 use crate::error::{Error, Result};
 use crate::ffi;
 use crate::mask::Mask;
 use crate::shape::AttnShape;
+use crate::shape::DType;
 use crate::tiles::{self, TileShape};
 use crate::xattention::BlockSelection;
 
@@ -263,7 +263,8 @@ pub(crate) fn plan_hopper<B: Backend, T: KernelElement>(
         return Ok(None);
     }
     let items = a.mask.query_tiles * p.batch as usize * p.heads_q as usize;
-    let (Some(q), Some(k), Some(v)) = (hopper_map::<T>("q", &a.q), hopper_map::<T>("k", &a.k), hopper_map::<T>("v", &a.v))
+    let (Some(q), Some(k), Some(v)) =
+        (hopper_map::<T>("q", &a.q), hopper_map::<T>("k", &a.k), hopper_map::<T>("v", &a.v))
     else {
         return Ok(None);
     };
@@ -522,7 +523,16 @@ mod tests {
         let mut lse = rec.zeros::<f32>(2 * 4 * 300).unwrap();
         let (out, _) = TensorArg::of_mut(&rec, &mut out, q_dims);
         let (lse, _) = BufArg::of_mut(&rec, &mut lse);
-        let args = ForwardArgs { q: q_arg, k: k_arg, v: k_arg, mask: fwd_mask.args(&rec).0, selection: None, scale: None, out, lse };
+        let args = ForwardArgs {
+            q: q_arg,
+            k: k_arg,
+            v: k_arg,
+            mask: fwd_mask.args(&rec).0,
+            selection: None,
+            scale: None,
+            out,
+            lse,
+        };
         // SAFETY: the recorder runs nothing.
         unsafe { launch::<_, f16>(&rec, &args) }.unwrap();
         assert_eq!(rec.launches()[2].kernel, "maskattn_fwd_f16_d96");
@@ -537,8 +547,9 @@ mod tests {
     /// The mma.sync plan's arguments for the buffers `p` names (the recorder keeps
     /// every upload, so the addresses are those of live fake buffers).
     fn mma_args_of(p: &ffi::MaskattnFwdParams, mask: &Mask, rec: &Recorder) -> ForwardArgs {
-        let dims = |l: usize, h: usize| [p.batch as usize, l, h as usize, p.head_dim as usize];
-        let (q_dims, kv_dims) = (dims(p.len_q as usize, p.heads_q as usize), dims(p.len_k as usize, p.heads_kv as usize));
+        let dims = |l: usize, h: usize| [p.batch as usize, l, h, p.head_dim as usize];
+        let (q_dims, kv_dims) =
+            (dims(p.len_q as usize, p.heads_q as usize), dims(p.len_k as usize, p.heads_kv as usize));
         let t = |addr: *const std::ffi::c_void, dims: [usize; 4]| TensorArg {
             addr: addr as u64,
             len: dims.iter().product(),
@@ -579,7 +590,11 @@ mod tests {
         for (i, mask) in masks.iter().enumerate() {
             let d = [64, 96, 128][i % 3];
             let (b, h) = (2, 2);
-            let cpu = CpuBackend::with_options(CpuOptions { forward_path: ForwardPath::Hopper, sms: 3, ..CpuOptions::default() });
+            let cpu = CpuBackend::with_options(CpuOptions {
+                forward_path: ForwardPath::Hopper,
+                sms: 3,
+                ..CpuOptions::default()
+            });
             let q = Array4::from_elem((b, mask.len_q(), h, d), f16::ONE);
             let kv = Array4::from_elem((b, mask.len_k(), 1, d), f16::ONE);
             // Every other visible block selected (odd masks), else no selection.
@@ -599,7 +614,8 @@ mod tests {
             for bh in 0..b * h {
                 for qt in 0..qt_count {
                     for kt in 0..kt_count {
-                        let kept = selection.as_ref().map_or(true, |s| s.as_bytes()[(bh * qt_count + qt) * kt_count + kt] != 0);
+                        let kept =
+                            selection.as_ref().is_none_or(|s| s.as_bytes()[(bh * qt_count + qt) * kt_count + kt] != 0);
                         match classes[qt * kt_count + kt] {
                             TileClass::Full if kept => full += 1,
                             TileClass::Partial if kept => partial += 1,
@@ -643,7 +659,8 @@ mod tests {
         let mma = CpuBackend::with_options(CpuOptions { forward_path: ForwardPath::Mma, ..CpuOptions::default() });
         let (want, want_lse) = attention(&mma, q.view(), kv.view(), kv.view(), &mask, None, None).unwrap();
         for (schedule, cpu) in super::super::cpu_backends_per_schedule() {
-            let cpu = CpuBackend::with_options(CpuOptions { forward_path: ForwardPath::Hopper, sms: 1, ..cpu.options() });
+            let cpu =
+                CpuBackend::with_options(CpuOptions { forward_path: ForwardPath::Hopper, sms: 1, ..cpu.options() });
             let (out, lse) = attention(&cpu, q.view(), kv.view(), kv.view(), &mask, None, None)
                 .unwrap_or_else(|e| panic!("{schedule:?}: {e}"));
             assert_eq!(cpu.counters().ctas, 1);
@@ -665,7 +682,8 @@ mod tests {
         let mask = Mask::causal(130, 130).unwrap();
         let (q, kv) = inputs(1, 130, 2, 1, 128);
         for (budget, hopper) in [(99 * 1024, false), (163 * 1024, false), (225 * 1024, false), (227 * 1024, true)] {
-            let options = CpuOptions { forward_path: ForwardPath::Hopper, max_dynamic_smem: budget, ..CpuOptions::default() };
+            let options =
+                CpuOptions { forward_path: ForwardPath::Hopper, max_dynamic_smem: budget, ..CpuOptions::default() };
             let cpu = CpuBackend::with_options(options);
             attention(&cpu, q.view(), kv.view(), kv.view(), &mask, None, None).unwrap();
             let c = cpu.counters();
