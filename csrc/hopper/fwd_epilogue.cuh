@@ -17,7 +17,7 @@ __device__ __forceinline__ void store(const MaskattnFwdParams &p, const WorkTile
     const int lane = t % 32;
     float inv_sum[1][2], lse[1][2];
     st.softmax.finalize(inv_sum, lse);
-    const int32_t row0 = wt.m0 + T::kConsumerRows * group + 16 * (t / 32) + lane / 4;
+    const int32_t row0 = consumer_row<T>(wt, group, t);
     Elem *const o = static_cast<Elem *>(p.o) + wt.batch * p.o_batch_stride + wt.head * p.o_head_stride;
     float *const lse_out = p.lse + (int64_t(wt.batch) * p.heads_q + wt.head) * p.len_q;
 #pragma unroll

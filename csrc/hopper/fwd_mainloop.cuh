@@ -164,6 +164,14 @@ struct ConsumerState {
     fwd::OnlineSoftmax<1> softmax;
 };
 
+// The first of the two rows (g and g + 8 of the accumulator layout) that thread `t`
+// (0..127) of consumer warpgroup `group` holds: warp w of it has rows 16 w .. 16 w + 15
+// of the group's 64.
+template <class T>
+__device__ __forceinline__ int32_t consumer_row(const WorkTile &wt, int group, int t) {
+    return wt.m0 + T::kConsumerRows * group + 16 * (t / 32) + t % 32 / 4;
+}
+
 template <int N>
 __device__ __forceinline__ float (&flat(float (&x)[1][N / 8][4]))[N / 2] {
     return reinterpret_cast<float(&)[N / 2]>(x);
@@ -177,8 +185,7 @@ __device__ __forceinline__ void consume(const Smem<T> &sm, const MaskattnFwdPara
     using Elem = typename T::Elem;
     constexpr int D = T::kHeadDim, BN = T::kBlockN, NF = BN / 8;
     const int lane = t % 32;
-    // This lane's rows: row0 and row0 + 8 (the accumulator layout's g and g + 8).
-    const int32_t row0 = wt.m0 + T::kConsumerRows * group + 16 * (t / 32) + lane / 4;
+    const int32_t row0 = consumer_row<T>(wt, group, t);  // and row0 + 8
     int32_t iv[2][4];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
