@@ -7,7 +7,7 @@
 //    the LSE in base 2 (-inf, a row that sees no key, becomes +inf so that
 //    P = 2^(s - lse2) = 0 there), both f32 [B, Hq, Lq_pad] with the padding rows up to
 //    a multiple of BLOCK_M holding D = 0 and +inf; in the atomic mode it also zeroes
-//    the f32 dQ accumulator [B, Hq, Lq, D].
+//    the f32 dQ accumulator [B, Hq, Lq, class D].
 // 2. maskattn_bwd_{dt}_d{D} (atomic dQ) or maskattn_bwd_dkdv_{dt}_d{D} (no dQ): one CTA
 //    per (batch, kv head, key tile of BLOCK_N keys), launched heaviest first. It loads K
 //    and V once and walks, for every query head of the GQA group, the query tiles of
@@ -54,13 +54,14 @@ __device__ __forceinline__ T *tensor_at(void *base, int32_t b, int32_t h, int64_
 
 // Stages a warp's 16 rows of an f32 accumulator (x factor) as Elem in `tile` at rows
 // row0 .. row0 + 15 and copies them to rows first_row + row0 + .. of a [L][D] tensor
-// (rows at or past end_row are not written). Only the calling warp touches those rows
-// of the tile, so a __syncwarp orders the two halves; the caller makes sure no other
-// warp still reads them.
+// (rows at or past end_row and 8-column chunks at or past end_chunk, a class's
+// padding, are not written). Only the calling warp touches those rows of the tile, so
+// a __syncwarp orders the two halves; the caller makes sure no other warp still reads
+// them.
 template <class Tile, typename Elem, int DF>
 __device__ __forceinline__ void store_warp_rows(unsigned char *tile, const float (&acc)[1][DF][4], float factor,
                                                 int row0, Elem *dst, int64_t row_stride, int32_t first_row,
-                                                int32_t end_row, int lane) {
+                                                int32_t end_row, int end_chunk, int lane) {
 #pragma unroll
     for (int df = 0; df < DF; ++df)
 #pragma unroll
@@ -74,10 +75,10 @@ __device__ __forceinline__ void store_warp_rows(unsigned char *tile, const float
     for (int pass = 0; pass < 2; ++pass) {
         const int row = row0 + pass * 8 + lane % 8;
 #pragma unroll
-        for (int quad = 0; quad < Tile::kChunks / 4; ++quad) {
+        for (int quad = 0; quad < DF / 4; ++quad) {
             const int chunk = quad * 4 + lane / 8;
             const uint4 x = *reinterpret_cast<const uint4 *>(tile + Tile::offset(row, chunk));
-            if (first_row + row < end_row)
+            if (first_row + row < end_row && chunk < end_chunk)
                 *reinterpret_cast<uint4 *>(dst + int64_t(first_row + row) * row_stride + chunk * 8) = x;
         }
     }
@@ -98,6 +99,8 @@ __device__ __forceinline__ void key_tile(const MaskattnBwdParams &p) {
     unsigned char *const bwd_smem = dynamic_smem();
     const uint32_t smem = fwd::smem_u32(bwd_smem);
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int chunks = p.head_dim / 8;    // of the real head dim; the tiles' others are zeros
+    const int col0 = Traits::col0();  // this CTA's output columns: col0 .. col0 + DF * 8 - 1
 
     const int32_t b = blockIdx.x / p.heads_kv, hk = blockIdx.x % p.heads_kv;
     const int32_t kt = p.k_tile_order[blockIdx.y];
@@ -110,10 +113,10 @@ __device__ __forceinline__ void key_tile(const MaskattnBwdParams &p) {
         const int32_t h = hk * walk.group + hi, m0 = qt * BM;
         const uint32_t dst = smem + Traits::kOffQ + buf * Traits::kQdoBufferBytes;
         fwd::load_tile_async<QTile, kThreads>(dst, tensor_at<Elem>(p.q, b, h, p.q_batch_stride, p.q_head_stride),
-                                              p.q_row_stride, m0, p.len_q, tid);
+                                              p.q_row_stride, m0, p.len_q, chunks, tid);
         fwd::load_tile_async<QTile, kThreads>(dst + QTile::kBytes,
                                               tensor_at<Elem>(p.d_out, b, h, p.do_batch_stride, p.do_head_stride),
-                                              p.do_row_stride, m0, p.len_q, tid);
+                                              p.do_row_stride, m0, p.len_q, chunks, tid);
         const int64_t rows = (int64_t(b) * p.heads_q + h) * p.len_q_pad;
         load_row_data_async<BM>(smem + Traits::kOffRows + buf * Traits::kRowBufferBytes, p.intervals,
                                 p.lse2 + rows, p.delta + rows, m0, p.len_q, tid);
@@ -126,21 +129,22 @@ __device__ __forceinline__ void key_tile(const MaskattnBwdParams &p) {
         // K and V travel in the first step's group.
         fwd::load_tile_async<KTile, kThreads>(smem + Traits::kOffK,
                                               tensor_at<Elem>(p.k, b, hk, p.k_batch_stride, p.k_head_stride),
-                                              p.k_row_stride, k0, p.len_k, tid);
+                                              p.k_row_stride, k0, p.len_k, chunks, tid);
         fwd::load_tile_async<KTile, kThreads>(smem + Traits::kOffV,
                                               tensor_at<Elem>(p.v, b, hk, p.v_batch_stride, p.v_head_stride),
-                                              p.v_row_stride, k0, p.len_k, tid);
+                                              p.v_row_stride, k0, p.len_k, chunks, tid);
         load_step(hi, qt, 0);
     }
 
     // ldmatrix lanes: K_w and V_w as A operands (the warp's 16 keys), Q and dO as B
-    // operands of S^T and dP^T ([query][d] = n x k) and, transposed, of dV and dK
-    // ([query][d] = k x n).
+    // operands of S^T and dP^T ([query][d] = n x k) and, transposed and from the
+    // slice's first column, of dV and dK ([query][d] = k x n).
     const fwd::LdsmAddr<KTile> k_a = fwd::ldsm_a_order<KTile>(smem + Traits::kOffK, 16 * warp, lane);
     const fwd::LdsmAddr<KTile> v_a = k_a.shifted(KTile::kBytes);
     const fwd::LdsmAddr<QTile> q_b = fwd::ldsm_b_order<QTile>(smem + Traits::kOffQ, lane);
     const fwd::LdsmAddr<QTile> do_b = q_b.shifted(QTile::kBytes);
-    const fwd::LdsmAddr<QTile> q_t = fwd::ldsm_a_order<QTile>(smem + Traits::kOffQ, 0, lane);
+    const fwd::LdsmAddr<QTile> q_t =
+        fwd::ldsm_a_order<QTile>(smem + Traits::kOffQ, 0, lane).shifted(QTile::offset(0, col0 / 8));
     const fwd::LdsmAddr<QTile> do_t = q_t.shifted(QTile::kBytes);
 
     float dk[1][DF][4], dv[1][DF][4];
@@ -203,8 +207,8 @@ __device__ __forceinline__ void key_tile(const MaskattnBwdParams &p) {
             const int dq_col0 = Traits::kDqCols * (warp / Traits::kDqRowGroups);
             const fwd::LdsmAddr<DsTile> ds_a = fwd::ldsm_b_order<DsTile>(smem + Traits::kOffDs, lane)
                                                    .shifted(DsTile::offset(0, dq_row0 / 8));
-            const fwd::LdsmAddr<KTile> k_t =
-                fwd::ldsm_a_order<KTile>(smem + Traits::kOffK, 0, lane).shifted(KTile::offset(0, dq_col0 / 8));
+            const fwd::LdsmAddr<KTile> k_t = fwd::ldsm_a_order<KTile>(smem + Traits::kOffK, 0, lane)
+                                                  .shifted(KTile::offset(0, (col0 + dq_col0) / 8));
             const int32_t h = hk * walk.group + hi, m0 = qt * BM;
             float *accum = p.dq_accum + ((int64_t(b) * p.heads_q + h) * p.len_q + m0) * D;
             // In chunks of DQC column fragments: fewer accumulators live next to dK, dV.
@@ -217,7 +221,7 @@ __device__ __forceinline__ void key_tile(const MaskattnBwdParams &p) {
 #pragma unroll
                     for (int e = 0; e < 4; ++e) dq[df][e] = 0.f;
                 gemm_ds_k<Elem, BN / 16>(dq, ds_a, k_t.shifted(KTile::offset(0, chunk * DQC)));
-                atomic_add_rows<DQC, D>(accum, dq, dq_row0, dq_col0 + 8 * DQC * chunk, p.len_q - m0, lane);
+                atomic_add_rows<DQC, D>(accum, dq, dq_row0, col0 + dq_col0 + 8 * DQC * chunk, p.len_q - m0, lane);
             }
         } else if (Traits::kStages == 1 && more) {
             __syncthreads();  // every warp is done with Q, dO and the row data
@@ -235,12 +239,13 @@ __device__ __forceinline__ void key_tile(const MaskattnBwdParams &p) {
     fwd::cp_async_wait<0>();
     __syncthreads();
     const int t = fresh_thread_index();  // the epilogue needs the loop's registers
+    const int end_chunk = p.head_dim / 8 - Traits::col0() / 8;
     store_warp_rows<KTile, Elem>(bwd_smem + Traits::kOffK, dk, p.scale, 16 * (t / 32),
-                                 tensor_at<Elem>(p.dk, b, hk, p.dk_batch_stride, p.dk_head_stride), p.dk_row_stride,
-                                 k0, p.len_k, t % 32);
+                                 tensor_at<Elem>(p.dk, b, hk, p.dk_batch_stride, p.dk_head_stride) + Traits::col0(),
+                                 p.dk_row_stride, k0, p.len_k, end_chunk, t % 32);
     store_warp_rows<KTile, Elem>(bwd_smem + Traits::kOffV, dv, 1.f, 16 * (t / 32),
-                                 tensor_at<Elem>(p.dv, b, hk, p.dv_batch_stride, p.dv_head_stride), p.dv_row_stride,
-                                 k0, p.len_k, t % 32);
+                                 tensor_at<Elem>(p.dv, b, hk, p.dv_batch_stride, p.dv_head_stride) + Traits::col0(),
+                                 p.dv_row_stride, k0, p.len_k, end_chunk, t % 32);
 }
 
 // ---------------------------------------------------------------------------------
@@ -257,6 +262,8 @@ __device__ __forceinline__ void dq_query_tile(const MaskattnBwdParams &p) {
     unsigned char *const bwd_smem = dynamic_smem();
     const uint32_t smem = fwd::smem_u32(bwd_smem);
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int chunks = p.head_dim / 8;    // of the real head dim; the tiles' others are zeros
+    const int col0 = Traits::col0();  // this CTA's dQ columns: col0 .. col0 + DF * 8 - 1
     fwd::TileIntervals<BM> &intervals = *reinterpret_cast<fwd::TileIntervals<BM> *>(bwd_smem + Traits::kOffRows);
     MaskattnTileSummary &summary = *reinterpret_cast<MaskattnTileSummary *>(bwd_smem + Traits::kOffCta);
     static_assert(sizeof(fwd::TileIntervals<BM>) == BM * 16 && sizeof(MaskattnTileSummary) <= Traits::kCtaStateBytes,
@@ -267,10 +274,10 @@ __device__ __forceinline__ void dq_query_tile(const MaskattnBwdParams &p) {
     const int32_t qt = p.q_tile_order[blockIdx.y], m0 = qt * BM;
     fwd::load_tile_async<QTile, kThreads>(smem + Traits::kOffQ,
                                           tensor_at<Elem>(p.q, b, h, p.q_batch_stride, p.q_head_stride),
-                                          p.q_row_stride, m0, p.len_q, tid);
+                                          p.q_row_stride, m0, p.len_q, chunks, tid);
     fwd::load_tile_async<QTile, kThreads>(smem + Traits::kOffDo,
                                           tensor_at<Elem>(p.d_out, b, h, p.do_batch_stride, p.do_head_stride),
-                                          p.do_row_stride, m0, p.len_q, tid);
+                                          p.do_row_stride, m0, p.len_q, chunks, tid);
     fwd::cp_async_commit();
     intervals.load(p.intervals, m0, p.len_q, tid, kThreads);
     if (tid == 0) summary = p.dq_tile_summaries[qt];
@@ -290,8 +297,8 @@ __device__ __forceinline__ void dq_query_tile(const MaskattnBwdParams &p) {
     const Elem *v = tensor_at<Elem>(p.v, b, hk, p.v_batch_stride, p.v_head_stride);
     auto load_kv = [&](int32_t kt, uint32_t buf) {
         const uint32_t dst = smem + Traits::kOffK + buf * Traits::kKvBufferBytes;
-        fwd::load_tile_async<KTile, kThreads>(dst, k, p.k_row_stride, kt * BN, p.len_k, tid);
-        fwd::load_tile_async<KTile, kThreads>(dst + KTile::kBytes, v, p.v_row_stride, kt * BN, p.len_k, tid);
+        fwd::load_tile_async<KTile, kThreads>(dst, k, p.k_row_stride, kt * BN, p.len_k, chunks, tid);
+        fwd::load_tile_async<KTile, kThreads>(dst + KTile::kBytes, v, p.v_row_stride, kt * BN, p.len_k, chunks, tid);
         fwd::cp_async_commit();
     };
 
@@ -306,7 +313,8 @@ __device__ __forceinline__ void dq_query_tile(const MaskattnBwdParams &p) {
     const fwd::LdsmAddr<QTile> do_a = fwd::ldsm_a_order<QTile>(smem + Traits::kOffDo, 16 * warp, lane);
     const fwd::LdsmAddr<KTile> k_b = fwd::ldsm_b_order<KTile>(smem + Traits::kOffK, lane);
     const fwd::LdsmAddr<KTile> v_b = k_b.shifted(KTile::kBytes);
-    const fwd::LdsmAddr<KTile> k_t = fwd::ldsm_a_order<KTile>(smem + Traits::kOffK, 0, lane);
+    const fwd::LdsmAddr<KTile> k_t =
+        fwd::ldsm_a_order<KTile>(smem + Traits::kOffK, 0, lane).shifted(KTile::offset(0, col0 / 8));
 
     float dq[1][DF][4];
 #pragma unroll
@@ -360,13 +368,13 @@ __device__ __forceinline__ void dq_query_tile(const MaskattnBwdParams &p) {
     fwd::cp_async_wait<0>();
     __syncthreads();
     store_warp_rows<QTile, Elem>(bwd_smem + Traits::kOffQ, dq, p.scale, 16 * warp,
-                                 tensor_at<Elem>(p.dq, b, h, p.dq_batch_stride, p.dq_head_stride), p.dq_row_stride, m0,
-                                 p.len_q, lane);
+                                 tensor_at<Elem>(p.dq, b, h, p.dq_batch_stride, p.dq_head_stride) + Traits::col0(),
+                                 p.dq_row_stride, m0, p.len_q, p.head_dim / 8 - Traits::col0() / 8, lane);
 }
 
 // ---------------------------------------------------------------------------------
-// 1. and 3a.: row-wise kernels, 16 threads (one 16-byte chunk of 8 elements each) per
-// row; chunks past D / 8 idle.
+// 1. and 3a.: row-wise kernels, 16 threads per row, thread c taking the 16-byte chunks
+// (8 elements) c and c + 16 of it; chunks past D / 8 idle.
 template <typename Elem>
 __device__ __forceinline__ float2 to_float2(uint32_t x) {
     if constexpr (std::is_same_v<Elem, __half>) {
@@ -379,17 +387,24 @@ __device__ __forceinline__ float2 to_float2(uint32_t x) {
 template <typename Elem>
 __device__ __forceinline__ void preprocess(const MaskattnBwdParams &p) {
     constexpr int kRowThreads = MASKATTN_BWD_ROW_THREADS / MASKATTN_BWD_ROWS_PER_CTA;
-    static_assert(kRowThreads == 16, "16 chunks of 8 elements cover D = 128");
-    const int c = threadIdx.x % kRowThreads;
+    static_assert(kRowThreads * 8 * 2 == MASKATTN_MAX_HEAD_DIM, "two chunks of 8 elements a thread cover D = 256");
+    const int lane_chunk = threadIdx.x % kRowThreads;
     const int64_t g = int64_t(blockIdx.x) * MASKATTN_BWD_ROWS_PER_CTA + threadIdx.x / kRowThreads;
     const int64_t total = int64_t(p.batch) * p.heads_q * p.len_q_pad;
     const int64_t bh = g / p.len_q_pad;
     const int32_t row = int32_t(g - bh * p.len_q_pad);
     const int32_t b = int32_t(bh / p.heads_q), h = int32_t(bh - int64_t(b) * p.heads_q);
     const bool valid = g < total && row < p.len_q;
-    const bool active = valid && c < p.head_dim / 8;
     float acc = 0.f;
-    if (active) {
+#pragma unroll
+    for (int c = lane_chunk; c < 2 * kRowThreads; c += kRowThreads) {
+        if (!valid) break;
+        if (p.dq_accum != nullptr && c < p.dq_accum_cols / 8) {
+            float4 *z = reinterpret_cast<float4 *>(p.dq_accum + (bh * p.len_q + row) * p.dq_accum_cols + 8 * c);
+            z[0] = make_float4(0.f, 0.f, 0.f, 0.f);
+            z[1] = make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+        if (c >= p.head_dim / 8) continue;
         const uint4 x = *reinterpret_cast<const uint4 *>(
             tensor_at<Elem>(p.d_out, b, h, p.do_batch_stride, p.do_head_stride) + int64_t(row) * p.do_row_stride + 8 * c);
         const uint4 y = *reinterpret_cast<const uint4 *>(
@@ -404,7 +419,7 @@ __device__ __forceinline__ void preprocess(const MaskattnBwdParams &p) {
     }
 #pragma unroll
     for (int m = kRowThreads / 2; m >= 1; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
-    if (c == 0 && g < total) {
+    if (lane_chunk == 0 && g < total) {
         float l2 = CUDART_INF_F;
         if (valid) {
             const float l = p.lse[bh * p.len_q + row];
@@ -413,30 +428,28 @@ __device__ __forceinline__ void preprocess(const MaskattnBwdParams &p) {
         p.delta[g] = valid ? acc : 0.f;
         p.lse2[g] = l2;
     }
-    if (active && p.dq_accum != nullptr) {
-        float4 *a = reinterpret_cast<float4 *>(p.dq_accum + (bh * p.len_q + row) * p.head_dim + 8 * c);
-        a[0] = make_float4(0.f, 0.f, 0.f, 0.f);
-        a[1] = make_float4(0.f, 0.f, 0.f, 0.f);
-    }
 }
 
 template <typename Elem>
 __device__ __forceinline__ void dq_convert(const MaskattnBwdParams &p) {
     constexpr int kRowThreads = MASKATTN_BWD_ROW_THREADS / MASKATTN_BWD_ROWS_PER_CTA;
-    const int c = threadIdx.x % kRowThreads;
     const int64_t g = int64_t(blockIdx.x) * MASKATTN_BWD_ROWS_PER_CTA + threadIdx.x / kRowThreads;
     const int64_t total = int64_t(p.batch) * p.heads_q * p.len_q;
-    if (g >= total || c >= p.head_dim / 8) return;
+    if (g >= total) return;
     const int64_t bh = g / p.len_q;
     const int32_t row = int32_t(g - bh * p.len_q);
     const int32_t b = int32_t(bh / p.heads_q), h = int32_t(bh - int64_t(b) * p.heads_q);
-    const float4 *a = reinterpret_cast<const float4 *>(p.dq_accum + g * p.head_dim + 8 * c);
-    const float4 x = a[0], y = a[1];
-    const float s = p.scale;
-    const uint4 out = make_uint4(fwd::pack2<Elem>(x.x * s, x.y * s), fwd::pack2<Elem>(x.z * s, x.w * s),
-                                 fwd::pack2<Elem>(y.x * s, y.y * s), fwd::pack2<Elem>(y.z * s, y.w * s));
-    *reinterpret_cast<uint4 *>(tensor_at<Elem>(p.dq, b, h, p.dq_batch_stride, p.dq_head_stride) +
-                               int64_t(row) * p.dq_row_stride + 8 * c) = out;
+#pragma unroll
+    for (int c = threadIdx.x % kRowThreads; c < 2 * kRowThreads; c += kRowThreads) {
+        if (c >= p.head_dim / 8) break;
+        const float4 *a = reinterpret_cast<const float4 *>(p.dq_accum + g * p.dq_accum_cols + 8 * c);
+        const float4 x = a[0], y = a[1];
+        const float s = p.scale;
+        const uint4 out = make_uint4(fwd::pack2<Elem>(x.x * s, x.y * s), fwd::pack2<Elem>(x.z * s, x.w * s),
+                                     fwd::pack2<Elem>(y.x * s, y.y * s), fwd::pack2<Elem>(y.z * s, y.w * s));
+        *reinterpret_cast<uint4 *>(tensor_at<Elem>(p.dq, b, h, p.dq_batch_stride, p.dq_head_stride) +
+                                   int64_t(row) * p.dq_row_stride + 8 * c) = out;
+    }
 }
 
 }  // namespace bwd
@@ -479,14 +492,17 @@ __device__ __forceinline__ void dq_convert(const MaskattnBwdParams &p) {
 MASKATTN_BWD_MAIN(, 64, MASKATTN_BWD_BLOCK_M, 2, MASKATTN_BWD_SMEM_D64)
 MASKATTN_BWD_MAIN(, 96, MASKATTN_BWD_BLOCK_M, 2, MASKATTN_BWD_SMEM_D96)
 MASKATTN_BWD_MAIN(, 128, MASKATTN_BWD_BLOCK_M, 2, MASKATTN_BWD_SMEM_D128)
+MASKATTN_BWD_MAIN(, 256, MASKATTN_BWD_BLOCK_M_D256, 2, MASKATTN_BWD_SMEM_D256)
 MASKATTN_BWD_MAIN(_compact, 96, MASKATTN_BWD_COMPACT_BLOCK_M_D96, 1, MASKATTN_BWD_COMPACT_SMEM_D96)
 MASKATTN_BWD_MAIN(_compact, 128, MASKATTN_BWD_COMPACT_BLOCK_M_D128, 1, MASKATTN_BWD_COMPACT_SMEM_D128)
 MASKATTN_BWD_DQ_ENTRY(maskattn_bwd_dq_f16_d64, __half, 64)
 MASKATTN_BWD_DQ_ENTRY(maskattn_bwd_dq_f16_d96, __half, 96)
 MASKATTN_BWD_DQ_ENTRY(maskattn_bwd_dq_f16_d128, __half, 128)
+MASKATTN_BWD_DQ_ENTRY(maskattn_bwd_dq_f16_d256, __half, 256)
 MASKATTN_BWD_DQ_ENTRY(maskattn_bwd_dq_bf16_d64, __nv_bfloat16, 64)
 MASKATTN_BWD_DQ_ENTRY(maskattn_bwd_dq_bf16_d96, __nv_bfloat16, 96)
 MASKATTN_BWD_DQ_ENTRY(maskattn_bwd_dq_bf16_d128, __nv_bfloat16, 128)
+MASKATTN_BWD_DQ_ENTRY(maskattn_bwd_dq_bf16_d256, __nv_bfloat16, 256)
 MASKATTN_BWD_ROW_ENTRY(maskattn_bwd_preprocess_f16, preprocess, __half)
 MASKATTN_BWD_ROW_ENTRY(maskattn_bwd_preprocess_bf16, preprocess, __nv_bfloat16)
 MASKATTN_BWD_ROW_ENTRY(maskattn_bwd_dq_convert_f16, dq_convert, __half)

@@ -64,7 +64,7 @@ __device__ __forceinline__ void attention_tile(const MaskattnFwdParams &p) {
         const int32_t m0 = p.tile_order[blockIdx.y] * BM;
         const int32_t rows = min(BM, p.len_q - m0);
         const Elem *q = static_cast<const Elem *>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
-        load_tile_async<QTile, kThreads>(sQ, q, p.q_row_stride, m0, p.len_q, tid);
+        load_tile_async<QTile, kThreads>(sQ, q, p.q_row_stride, m0, p.len_q, p.head_dim / 8, tid);
         cp_async_commit();
 
         if (tid == 0) {
@@ -88,8 +88,10 @@ __device__ __forceinline__ void attention_tile(const MaskattnFwdParams &p) {
 
     // K and V of key tile kt into buffer buf, as one cp.async group.
     auto load_kv = [&](int32_t kt, uint32_t buf) {
-        load_tile_async<KVTile, kThreads>(sK + buf * kBufferBytes, cta.k, p.k_row_stride, kt * BN, p.len_k, tid);
-        load_tile_async<KVTile, kThreads>(sV + buf * kBufferBytes, cta.v, p.v_row_stride, kt * BN, p.len_k, tid);
+        load_tile_async<KVTile, kThreads>(sK + buf * kBufferBytes, cta.k, p.k_row_stride, kt * BN, p.len_k,
+                                          p.head_dim / 8, tid);
+        load_tile_async<KVTile, kThreads>(sV + buf * kBufferBytes, cta.v, p.v_row_stride, kt * BN, p.len_k,
+                                          p.head_dim / 8, tid);
         cp_async_commit();
     };
 
@@ -164,8 +166,9 @@ __device__ __forceinline__ void attention_tile(const MaskattnFwdParams &p) {
 
     // Read back as the loads write: 8 rows x 4 chunks per warp instruction, each
     // 8-lane phase one chunk column of 8 rows (conflict-free), 64 contiguous bytes
-    // per row in global memory.
+    // per row in global memory; the class's padding columns stay behind.
     Elem *const o = cta.o;
+    const int chunks = p.head_dim / 8;
 #pragma unroll
     for (int pass = 0; pass < Traits::kWarpRows / 8; ++pass) {
         const int row = warp * Traits::kWarpRows + pass * 8 + lane % 8;
@@ -173,7 +176,7 @@ __device__ __forceinline__ void attention_tile(const MaskattnFwdParams &p) {
         for (int quad = 0; quad < QTile::kChunks / 4; ++quad) {
             const int chunk = quad * 4 + lane / 8;
             const uint4 x = *reinterpret_cast<const uint4 *>(sO + QTile::offset(row, chunk));
-            if (row < rows) *reinterpret_cast<uint4 *>(o + row * p.o_row_stride + chunk * 8) = x;
+            if (row < rows && chunk < chunks) *reinterpret_cast<uint4 *>(o + row * p.o_row_stride + chunk * 8) = x;
         }
     }
 }
@@ -181,7 +184,7 @@ __device__ __forceinline__ void attention_tile(const MaskattnFwdParams &p) {
 }  // namespace fwd
 }  // namespace maskattn
 
-// One entry point per (element type, head dim), all the same template.
+// One entry point per (element type, head-dim class), all the same template.
 #define MASKATTN_FWD_ENTRY(name, Elem, D)                                                                   \
     extern "C" __global__ void __launch_bounds__(maskattn::fwd::FwdTraits<Elem, D>::kThreads,               \
                                                  maskattn::fwd::FwdTraits<Elem, D>::kMinBlocksPerSm)        \
@@ -193,8 +196,10 @@ __device__ __forceinline__ void attention_tile(const MaskattnFwdParams &p) {
 MASKATTN_FWD_ENTRY(maskattn_fwd_f16_d64, __half, 64)
 MASKATTN_FWD_ENTRY(maskattn_fwd_f16_d96, __half, 96)
 MASKATTN_FWD_ENTRY(maskattn_fwd_f16_d128, __half, 128)
+MASKATTN_FWD_ENTRY(maskattn_fwd_f16_d256, __half, 256)
 MASKATTN_FWD_ENTRY(maskattn_fwd_bf16_d64, __nv_bfloat16, 64)
 MASKATTN_FWD_ENTRY(maskattn_fwd_bf16_d96, __nv_bfloat16, 96)
 MASKATTN_FWD_ENTRY(maskattn_fwd_bf16_d128, __nv_bfloat16, 128)
+MASKATTN_FWD_ENTRY(maskattn_fwd_bf16_d256, __nv_bfloat16, 256)
 
 #undef MASKATTN_FWD_ENTRY

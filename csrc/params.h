@@ -22,15 +22,25 @@
  * MASKATTN_FWD_BLOCK_N_D* keys. Dynamic shared memory (the kernel uses no static
  * shared memory): one Q tile and two K and two V tiles (double buffer) of 2-byte
  * elements, (BLOCK_M + 4 * BLOCK_N) * D * 2, then the tile's row intervals,
- * BLOCK_M * 16, and 256 bytes of per-CTA values. */
+ * BLOCK_M * 16, and 256 bytes of per-CTA values.
+ *
+ * Head dims: every multiple of 8 up to MASKATTN_MAX_HEAD_DIM runs in the smallest
+ * class (64, 96, 128 or 256: the D of the kernels' names and of these constants)
+ * that holds it; the kernels read p.head_dim, zero-fill the columns past it on load
+ * and store only the columns below it. The class-256 forward has
+ * MASKATTN_FWD_THREADS_D256 threads (8 warps of 16 query rows). */
+#define MASKATTN_MAX_HEAD_DIM 256
 #define MASKATTN_FWD_THREADS 128
+#define MASKATTN_FWD_THREADS_D256 256
 #define MASKATTN_FWD_BLOCK_M 128
 #define MASKATTN_FWD_BLOCK_N_D64 64
 #define MASKATTN_FWD_BLOCK_N_D96 64
 #define MASKATTN_FWD_BLOCK_N_D128 32
+#define MASKATTN_FWD_BLOCK_N_D256 16
 #define MASKATTN_FWD_SMEM_D64 ((128 + 4 * 64) * 64 * 2 + 128 * 16 + 256)
 #define MASKATTN_FWD_SMEM_D96 ((128 + 4 * 64) * 96 * 2 + 128 * 16 + 256)
 #define MASKATTN_FWD_SMEM_D128 ((128 + 4 * 32) * 128 * 2 + 128 * 16 + 256)
+#define MASKATTN_FWD_SMEM_D256 ((128 + 4 * 16) * 256 * 2 + 128 * 16 + 256)
 
 /* The Hopper forward kernel (csrc/hopper_fwd.cu, sm_90a: wgmma, TMA, mbarriers; the
  * same MaskattnFwdParams after three tensor maps of Q, K and V). A persistent CTA of
@@ -189,13 +199,18 @@ typedef struct MaskattnXattnSelectParams {
  * buffers of per-row data (16 bytes of intervals, the base-2 LSE and D: 24 bytes a
  * row): (2 * BLOCK_N + 4 * BLOCK_M) * D * 2 + BLOCK_N * BLOCK_M * 2 + 2 * BLOCK_M * 24.
  * That needs 117,760 B at D = 96 and 150,528 B at D = 128: more than the 99 KB a block
- * may use on sm_86/89/120. */
+ * may use on sm_86/89/120. Class 256 takes query tiles of MASKATTN_BWD_BLOCK_M_D256
+ * rows (206,336 B: sm_90 only) and, like its dQ pass (197,888 B), splits the output
+ * columns into two 128-column slices, one CTA each (gridDim.z = 2). */
 #define MASKATTN_BWD_THREADS 256
 #define MASKATTN_BWD_BLOCK_M 64
+#define MASKATTN_BWD_BLOCK_M_D256 32
 #define MASKATTN_BWD_BLOCK_N 128
+#define MASKATTN_BWD_SLICE_COLS 128
 #define MASKATTN_BWD_SMEM_D64 ((2 * 128 + 4 * 64) * 64 * 2 + 128 * 64 * 2 + 2 * 64 * 24)
 #define MASKATTN_BWD_SMEM_D96 ((2 * 128 + 4 * 64) * 96 * 2 + 128 * 64 * 2 + 2 * 64 * 24)
 #define MASKATTN_BWD_SMEM_D128 ((2 * 128 + 4 * 64) * 128 * 2 + 128 * 64 * 2 + 2 * 64 * 24)
+#define MASKATTN_BWD_SMEM_D256 ((2 * 128 + 4 * 32) * 256 * 2 + 128 * 32 * 2 + 2 * 32 * 24)
 
 /* The compact main kernel for 99 KB (at D = 96 and 128; at D = 64 the kernel above fits
  * every budget): the same 8 warps and key tiles, one buffer of (Q, dO) and row data (a
@@ -220,6 +235,7 @@ typedef struct MaskattnXattnSelectParams {
 #define MASKATTN_BWD_DQ_SMEM_D64 ((2 * 64 + 4 * 64) * 64 * 2 + 64 * 16 + 256)
 #define MASKATTN_BWD_DQ_SMEM_D96 ((2 * 64 + 4 * 64) * 96 * 2 + 64 * 16 + 256)
 #define MASKATTN_BWD_DQ_SMEM_D128 ((2 * 64 + 4 * 64) * 128 * 2 + 64 * 16 + 256)
+#define MASKATTN_BWD_DQ_SMEM_D256 ((2 * 64 + 4 * 64) * 256 * 2 + 64 * 16 + 256)
 
 /* The element-wise kernels (preprocess: D and the base-2 LSE; dQ conversion): a CTA of
  * MASKATTN_BWD_ROW_THREADS threads, 16 threads (one 8-element chunk each) per row. */
@@ -241,7 +257,7 @@ typedef struct MaskattnBwdParams {
     float *lse2;                /* scratch [batch, heads_q, len_q_pad]: lse * log2(e), +inf where lse = -inf
                                    and on the padding rows */
     float *delta;               /* scratch [batch, heads_q, len_q_pad]: D = rowsum(dO * O), 0 on padding rows */
-    float *dq_accum;            /* [batch, heads_q, len_q, head_dim] f32 (atomic mode), NULL in the
+    float *dq_accum;            /* [batch, heads_q, len_q, dq_accum_cols] f32 (atomic mode), NULL in the
                                    deterministic mode */
     const int32_t *intervals;   /* [len_q][4]: s0, e0, s1, e1 */
     const MaskattnTileSummary *q_tile_summaries; /* per query tile of the main kernel */
@@ -265,6 +281,7 @@ typedef struct MaskattnBwdParams {
     int32_t len_q_pad;          /* len_q rounded up to MASKATTN_BWD_DQ_BLOCK_M (a multiple of every main
                                    kernel's BLOCK_M): the row count of lse2 and delta */
     int32_t head_dim;
+    int32_t dq_accum_cols;      /* the head-dim class (64, 96, 128 or 256): dq_accum's row length */
     float scale;                /* softmax scale of the forward */
     float scale_log2;           /* scale * log2(e) */
 } MaskattnBwdParams;

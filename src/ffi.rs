@@ -9,14 +9,18 @@ pub const MASKATTN_CPU_SCHEDULE_ROUND_ROBIN: u32 = 2;
 pub const MASKATTN_TILE_EMPTY: u32 = 0;
 pub const MASKATTN_TILE_FULL: u32 = 1;
 pub const MASKATTN_TILE_PARTIAL: u32 = 2;
+pub const MASKATTN_MAX_HEAD_DIM: u32 = 256;
 pub const MASKATTN_FWD_THREADS: u32 = 128;
+pub const MASKATTN_FWD_THREADS_D256: u32 = 256;
 pub const MASKATTN_FWD_BLOCK_M: u32 = 128;
 pub const MASKATTN_FWD_BLOCK_N_D64: u32 = 64;
 pub const MASKATTN_FWD_BLOCK_N_D96: u32 = 64;
 pub const MASKATTN_FWD_BLOCK_N_D128: u32 = 32;
+pub const MASKATTN_FWD_BLOCK_N_D256: u32 = 16;
 pub const MASKATTN_FWD_SMEM_D64: u32 = 51456;
 pub const MASKATTN_FWD_SMEM_D96: u32 = 76032;
 pub const MASKATTN_FWD_SMEM_D128: u32 = 67840;
+pub const MASKATTN_FWD_SMEM_D256: u32 = 100608;
 pub const MASKATTN_HOPPER_FWD_THREADS: u32 = 384;
 pub const MASKATTN_HOPPER_FWD_BLOCK_M: u32 = 128;
 pub const MASKATTN_HOPPER_FWD_BLOCK_N: u32 = 128;
@@ -35,10 +39,13 @@ pub const MASKATTN_XATTN_SELECT_THREADS: u32 = 256;
 pub const MASKATTN_XATTN_SELECT_MAX_KEY_BLOCKS: u32 = 8192;
 pub const MASKATTN_BWD_THREADS: u32 = 256;
 pub const MASKATTN_BWD_BLOCK_M: u32 = 64;
+pub const MASKATTN_BWD_BLOCK_M_D256: u32 = 32;
 pub const MASKATTN_BWD_BLOCK_N: u32 = 128;
+pub const MASKATTN_BWD_SLICE_COLS: u32 = 128;
 pub const MASKATTN_BWD_SMEM_D64: u32 = 84992;
 pub const MASKATTN_BWD_SMEM_D96: u32 = 117760;
 pub const MASKATTN_BWD_SMEM_D128: u32 = 150528;
+pub const MASKATTN_BWD_SMEM_D256: u32 = 206336;
 pub const MASKATTN_BWD_COMPACT_BLOCK_M_D96: u32 = 64;
 pub const MASKATTN_BWD_COMPACT_BLOCK_M_D128: u32 = 32;
 pub const MASKATTN_BWD_COMPACT_SMEM_D96: u32 = 91648;
@@ -49,6 +56,7 @@ pub const MASKATTN_BWD_DQ_BLOCK_N: u32 = 64;
 pub const MASKATTN_BWD_DQ_SMEM_D64: u32 = 50432;
 pub const MASKATTN_BWD_DQ_SMEM_D96: u32 = 75008;
 pub const MASKATTN_BWD_DQ_SMEM_D128: u32 = 99584;
+pub const MASKATTN_BWD_DQ_SMEM_D256: u32 = 197888;
 pub const MASKATTN_BWD_ROW_THREADS: u32 = 256;
 pub const MASKATTN_BWD_ROWS_PER_CTA: u32 = 16;
 #[repr(C)]
@@ -514,6 +522,7 @@ pub struct MaskattnBwdParams {
     pub len_k: i32,
     pub len_q_pad: i32,
     pub head_dim: i32,
+    pub dq_accum_cols: i32,
     pub scale: f32,
     pub scale_log2: f32,
 }
@@ -599,9 +608,11 @@ const _: () = {
     ["Offset of field: MaskattnBwdParams::len_k"][::std::mem::offset_of!(MaskattnBwdParams, len_k) - 352usize];
     ["Offset of field: MaskattnBwdParams::len_q_pad"][::std::mem::offset_of!(MaskattnBwdParams, len_q_pad) - 356usize];
     ["Offset of field: MaskattnBwdParams::head_dim"][::std::mem::offset_of!(MaskattnBwdParams, head_dim) - 360usize];
-    ["Offset of field: MaskattnBwdParams::scale"][::std::mem::offset_of!(MaskattnBwdParams, scale) - 364usize];
+    ["Offset of field: MaskattnBwdParams::dq_accum_cols"]
+        [::std::mem::offset_of!(MaskattnBwdParams, dq_accum_cols) - 364usize];
+    ["Offset of field: MaskattnBwdParams::scale"][::std::mem::offset_of!(MaskattnBwdParams, scale) - 368usize];
     ["Offset of field: MaskattnBwdParams::scale_log2"]
-        [::std::mem::offset_of!(MaskattnBwdParams, scale_log2) - 368usize];
+        [::std::mem::offset_of!(MaskattnBwdParams, scale_log2) - 372usize];
 };
 impl Default for MaskattnBwdParams {
     fn default() -> Self {

@@ -191,14 +191,34 @@ pub fn query_tile_order(mask: &Mask, shape: TileShape) -> Vec<i32> {
     order
 }
 
+/// The head dims the kernels were compiled for. Every multiple of 8 up to the last
+/// runs in the smallest class that holds it: the kernels zero-fill the columns past
+/// the real head dim on load and store only the real ones (the scale comes from the
+/// real head dim). Why these four: `bench/NOTES.md`, "Head-dim classes".
+pub const HEAD_DIM_CLASSES: [usize; 4] = [64, 96, 128, ffi::MASKATTN_MAX_HEAD_DIM as usize];
+
+/// The compiled class that runs head dim `head_dim`, or [`crate::Error::Unsupported`]
+/// for a head dim that is 0, not a multiple of 8 (the kernels copy 16-byte chunks) or
+/// above 256.
+pub fn head_dim_class(head_dim: usize) -> crate::Result<usize> {
+    match HEAD_DIM_CLASSES.iter().find(|&&c| head_dim <= c) {
+        Some(&class) if head_dim > 0 && head_dim % 8 == 0 => Ok(class),
+        _ => Err(crate::Error::Unsupported(format!(
+            "head dim {head_dim}: the kernels take multiples of 8 from 8 to {}",
+            ffi::MASKATTN_MAX_HEAD_DIM
+        ))),
+    }
+}
+
 /// The forward kernel's tile shape for head dimension `head_dim` (the constants of
-/// csrc/params.h), so that tests and the launch code use the kernel's tiles.
+/// csrc/params.h for its class), so that tests and the launch code use the kernel's
+/// tiles.
 pub fn forward_tiles(head_dim: usize) -> crate::Result<TileShape> {
-    let block_n = match head_dim {
+    let block_n = match head_dim_class(head_dim)? {
         64 => ffi::MASKATTN_FWD_BLOCK_N_D64,
         96 => ffi::MASKATTN_FWD_BLOCK_N_D96,
         128 => ffi::MASKATTN_FWD_BLOCK_N_D128,
-        d => return Err(crate::Error::Unsupported(format!("head dim {d}: the kernels support 64, 96 and 128"))),
+        _ => ffi::MASKATTN_FWD_BLOCK_N_D256,
     };
     TileShape::new(ffi::MASKATTN_FWD_BLOCK_M as usize, block_n as usize)
 }

@@ -21,9 +21,26 @@ namespace bwd {
 // BM query rows per step of the walk; Stages buffers of (Q, dO, row data): 2 overlaps
 // the next step's loads with this step's products, 1 (the compact configuration for
 // 99 KB parts) issues them once every warp has read this step's.
+//
+// Output slices: dK and dV of 16 keys x D stay in a warp's registers, D / 2 floats per
+// thread, which at D = 256 is more than a thread has. So class 256 splits the output
+// columns into kSlices slices of kSliceCols, one CTA each (blockIdx.z): every CTA
+// still computes S^T and dP^T over the whole D (their inner dimension), but dV, dK and
+// dQ only for its columns. That repeats two of the five products per slice (7 instead
+// of 5 per pair at two slices) and keeps the registers of class 128.
+template <int D>
+struct OutputSlices {
+    static constexpr int kSliceCols = D < MASKATTN_BWD_SLICE_COLS ? D : MASKATTN_BWD_SLICE_COLS;
+    static constexpr int kSlices = D / kSliceCols;
+    static_assert(kSlices * kSliceCols == D, "whole slices");
+
+    // The first output column of this CTA's slice (the compiler sees 0 for one slice).
+    __device__ __forceinline__ static int col0() { return kSlices == 1 ? 0 : int(blockIdx.z) * kSliceCols; }
+};
+
 template <typename Elem_, int D, int BM, int Stages>
-struct BwdTraits {
-    static_assert(D == 64 || D == 96 || D == 128, "head dims 64, 96, 128");
+struct BwdTraits : OutputSlices<D> {
+    static_assert(D == 64 || D == 96 || D == 128 || D == 256, "head-dim classes 64, 96, 128, 256");
     static_assert(sizeof(Elem_) == 2, "16-bit elements");
     static_assert(Stages == 1 || Stages == 2, "single or double buffer");
     using Elem = Elem_;
@@ -42,15 +59,15 @@ struct BwdTraits {
     static_assert(kBlockN == 16 * kWarps, "one m16 fragment of keys per warp");
     static_assert(kBlockM % 32 == 0, "dP^T in two halves of whole k16 steps");
     static constexpr int kQFrags = kBlockM / 8;  // n8 fragments of S^T (queries) per warp
-    static constexpr int kDFrags = D / 8;        // n8 fragments of dK, dV per warp
+    static constexpr int kDFrags = OutputSlices<D>::kSliceCols / 8;  // n8 fragments of dK, dV per warp
 
-    // dQ = dS K of one query tile: the warps split it into kDqRowGroups m16 row groups
-    // times kDqColSplits column ranges of kDqCols columns.
+    // dQ = dS K of one query tile (the slice's columns): the warps split it into
+    // kDqRowGroups m16 row groups times kDqColSplits column ranges of kDqCols columns.
     static constexpr int kDqRowGroups = kBlockM / 16;
     static constexpr int kDqColSplits = kWarps / kDqRowGroups;
-    static constexpr int kDqCols = D / kDqColSplits;
+    static constexpr int kDqCols = OutputSlices<D>::kSliceCols / kDqColSplits;
     static constexpr int kDqFrags = kDqCols / 8;
-    static_assert(kWarps % kDqRowGroups == 0 && D % (16 * kDqColSplits) == 0, "whole k16-wide dQ column blocks");
+    static_assert(kWarps % kDqRowGroups == 0 && kDqCols % 16 == 0, "whole k16-wide dQ column blocks");
 
     using QTile = fwd::SwizzledTile<kBlockM, D>;        // Q and dO, [query][d]
     using KTile = fwd::SwizzledTile<kBlockN, D>;        // K and V, [key][d]
@@ -70,10 +87,10 @@ struct BwdTraits {
 };
 
 // The deterministic dQ pass: the forward's schedule (a CTA per query tile walking key
-// tiles), warp w owning query rows 16 w .. 16 w + 15.
+// tiles), warp w owning query rows 16 w .. 16 w + 15 and the slice's dQ columns.
 template <typename Elem_, int D>
-struct BwdDqTraits {
-    static_assert(D == 64 || D == 96 || D == 128, "head dims 64, 96, 128");
+struct BwdDqTraits : OutputSlices<D> {
+    static_assert(D == 64 || D == 96 || D == 128 || D == 256, "head-dim classes 64, 96, 128, 256");
     static_assert(sizeof(Elem_) == 2, "16-bit elements");
     using Elem = Elem_;
 
@@ -82,15 +99,16 @@ struct BwdDqTraits {
     static constexpr int kWarps = kThreads / 32;
     static constexpr int kBlockM = MASKATTN_BWD_DQ_BLOCK_M;
     static constexpr int kBlockN = MASKATTN_BWD_DQ_BLOCK_N;
-    static constexpr int kSmemBytes = D == 64   ? MASKATTN_BWD_DQ_SMEM_D64
-                                      : D == 96 ? MASKATTN_BWD_DQ_SMEM_D96
-                                                : MASKATTN_BWD_DQ_SMEM_D128;
+    static constexpr int kSmemBytes = D == 64    ? MASKATTN_BWD_DQ_SMEM_D64
+                                      : D == 96  ? MASKATTN_BWD_DQ_SMEM_D96
+                                      : D == 128 ? MASKATTN_BWD_DQ_SMEM_D128
+                                                 : MASKATTN_BWD_DQ_SMEM_D256;
     static constexpr int kMinBlocksPerSm = 2;
 
     static constexpr int kWarpRows = kBlockM / kWarps;
     static_assert(kWarpRows == 16, "one m16 fragment of query rows per warp");
     static constexpr int kNFrags = kBlockN / 8;
-    static constexpr int kDFrags = D / 8;
+    static constexpr int kDFrags = OutputSlices<D>::kSliceCols / 8;
 
     using QTile = fwd::SwizzledTile<kBlockM, D>;
     using KTile = fwd::SwizzledTile<kBlockN, D>;

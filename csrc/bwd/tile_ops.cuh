@@ -110,8 +110,10 @@ __device__ __forceinline__ void gemm_ds_k(float (&acc)[DF][4], const fwd::LdsmAd
 }
 
 // Adds acc (rows row0 + lane / 4 (+ 8), columns col0 + 8 df + 2 * (lane % 4) (+ 1)) to
-// a row-major f32 [rows][D] accumulator; rows at or past `rows` are skipped. Hopper
-// has a two-float atomic add (one red.v2 for the two adjacent columns of a lane).
+// a row-major f32 [rows][D] accumulator of the class's D (a padded column gets the
+// zeros of K's zero-filled columns; a runtime row length costs the D = 128 kernel
+// spills); rows at or past `rows` are skipped. Hopper has a two-float atomic add (one
+// red.v2 for the two adjacent columns of a lane).
 template <int DF, int D>
 __device__ __forceinline__ void atomic_add_rows(float *accum, const float (&acc)[DF][4], int row0, int col0,
                                                 int32_t rows, int lane) {

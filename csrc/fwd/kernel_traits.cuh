@@ -10,25 +10,30 @@ namespace fwd {
 
 template <typename Elem_, int D>
 struct FwdTraits {
-    static_assert(D == 64 || D == 96 || D == 128, "head dims 64, 96, 128");
+    static_assert(D == 64 || D == 96 || D == 128 || D == 256, "head-dim classes 64, 96, 128, 256");
     static_assert(sizeof(Elem_) == 2, "16-bit elements");
     using Elem = Elem_;
 
     static constexpr int kHeadDim = D;
-    static constexpr int kThreads = MASKATTN_FWD_THREADS;
+    // D = 256: O alone is D floats per thread at 32 rows a warp, so 8 warps of 16 rows.
+    static constexpr int kThreads = D == 256 ? MASKATTN_FWD_THREADS_D256 : MASKATTN_FWD_THREADS;
     static constexpr int kWarps = kThreads / 32;
     static constexpr int kBlockM = MASKATTN_FWD_BLOCK_M;
     // Keys per tile: 64, except D = 128, where S (32 registers per 32 keys) and O
-    // (128) leave too little of 255 for 64 keys without spills.
-    static constexpr int kBlockN = D == 64   ? MASKATTN_FWD_BLOCK_N_D64
-                                   : D == 96 ? MASKATTN_FWD_BLOCK_N_D96
-                                             : MASKATTN_FWD_BLOCK_N_D128;
-    static constexpr int kSmemBytes = D == 64   ? MASKATTN_FWD_SMEM_D64
-                                      : D == 96 ? MASKATTN_FWD_SMEM_D96
-                                                : MASKATTN_FWD_SMEM_D128;
+    // (128) leave too little of 255 for 64 keys without spills, and D = 256, whose Q
+    // tile (64 KB) leaves room for 16-key tiles in a 99 KB budget.
+    static constexpr int kBlockN = D == 64    ? MASKATTN_FWD_BLOCK_N_D64
+                                   : D == 96  ? MASKATTN_FWD_BLOCK_N_D96
+                                   : D == 128 ? MASKATTN_FWD_BLOCK_N_D128
+                                              : MASKATTN_FWD_BLOCK_N_D256;
+    static constexpr int kSmemBytes = D == 64    ? MASKATTN_FWD_SMEM_D64
+                                      : D == 96  ? MASKATTN_FWD_SMEM_D96
+                                      : D == 128 ? MASKATTN_FWD_SMEM_D128
+                                                 : MASKATTN_FWD_SMEM_D256;
     // Two CTAs per SM hide each other's barriers and latencies (three would cap
-    // the registers at 168, which spills).
-    static constexpr int kMinBlocksPerSm = 2;
+    // the registers at 168, which spills); at D = 256 one CTA has 8 warps and needs
+    // every register of them.
+    static constexpr int kMinBlocksPerSm = D == 256 ? 1 : 2;
 
     // Each warp owns kWarpRows consecutive query rows as kMFrags m16 fragments.
     static constexpr int kWarpRows = kBlockM / kWarps;

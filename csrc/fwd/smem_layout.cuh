@@ -27,7 +27,7 @@ struct SwizzledTile {
     static constexpr int kRows = ROWS;
     static constexpr int kChunks = D / 8;  // 16-byte chunks per row
     static constexpr int kBytes = ROWS * D * 2;
-    static_assert(D % 32 == 0 && ROWS % 32 == 0, "whole 4-chunk columns and 32-row passes of the loads");
+    static_assert(D % 32 == 0 && ROWS % 16 == 0, "whole 4-chunk columns of the loads, 16-row ldmatrix blocks");
 
     // Byte offset of chunk `chunk` (elements 8 * chunk .. 8 * chunk + 7) of row `row`.
     __device__ __forceinline__ static uint32_t offset(int row, int chunk) {
@@ -38,7 +38,10 @@ struct SwizzledTile {
 
 // Issues the cp.async copies of rows first_row .. first_row + kRows - 1 of a
 // tensor (row r at base + r * row_stride, contiguous within a row) into a Tile;
-// rows at or past end_row are zero-filled. Every thread of the block must call it.
+// rows at or past end_row, and chunks at or past end_chunk (a head dim narrower
+// than the tile's: its class pads it with zeros, which add nothing to a dot product
+// and give output columns that are never stored), are zero-filled. Every thread of
+// the block must call it.
 //
 // A warp copies 8 rows x 4 chunks (64 contiguous bytes of each row) at a time,
 // lane l taking row l % 8 and chunk l / 8: each 8-lane phase writes one chunk
@@ -51,7 +54,7 @@ struct SwizzledTile {
 // sets of warps instead.
 template <class Tile, int kThreads, typename Elem>
 __device__ __forceinline__ void load_tile_async(uint32_t tile, const Elem *__restrict__ base, int64_t row_stride,
-                                                int32_t first_row, int32_t end_row, int tid) {
+                                                int32_t first_row, int32_t end_row, int32_t end_chunk, int tid) {
     constexpr int kBlockRows = kThreads / 4;
     constexpr int kColSplit = kBlockRows > Tile::kRows ? kBlockRows / Tile::kRows : 1;
     constexpr int kRowsPerPass = kBlockRows / kColSplit;
@@ -69,13 +72,16 @@ __device__ __forceinline__ void load_tile_async(uint32_t tile, const Elem *__res
     for (int pass = 0; pass < Tile::kRows / kRowsPerPass; ++pass) {
         const int32_t row = first_row + pass * kRowsPerPass + r;
         const bool valid = row < end_row;
-        // A zero-filled row reads nothing but still gets an address inside the tensor.
-        const Elem *src = base + c * 8 + (valid ? int64_t(row) * row_stride : 0);
+        const Elem *src = base + (valid ? int64_t(row) * row_stride : 0);
         // offset(r + R, c + C) = offset(r, c) + offset(R, C) for R % 8 == 0, C % 4 == 0.
 #pragma unroll
-        for (int quad = 0; quad < kQuads; ++quad)
-            cp_async_16(dst + Tile::offset(pass * kRowsPerPass, quad * 4 * kColSplit), src + quad * 32 * kColSplit,
-                        valid);
+        for (int quad = 0; quad < kQuads; ++quad) {
+            const uint32_t chunk = c + quad * 4 * kColSplit;
+            const bool copy = valid && chunk < uint32_t(end_chunk);
+            // A zero-filled chunk reads nothing but still gets an address inside the tensor.
+            cp_async_16(dst + Tile::offset(pass * kRowsPerPass, quad * 4 * kColSplit), src + (copy ? chunk * 8 : 0),
+                        copy);
+        }
     }
 }
 

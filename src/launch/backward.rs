@@ -33,12 +33,16 @@ pub struct BackwardTiles {
     pub dq_smem: u32,
 }
 
-/// The backward kernels' configuration at head dim `head_dim` for `config` on a
-/// device allowing `smem_budget` bytes of shared memory per block: `Auto` is the
-/// pipelined configuration where it fits, else the compact one. At D = 64 the
-/// pipelined kernels (84,992 B) fit every budget and are the only ones.
+/// The backward kernels' configuration at head dim `head_dim` (run in its class, see
+/// [`tiles::head_dim_class`]) for `config` on a device allowing `smem_budget` bytes of
+/// shared memory per block: `Auto` is the pipelined configuration where it fits, else
+/// the compact one. Classes 64 and 256 have one configuration each: at 64 the pipelined
+/// kernels (84,992 B) fit every budget; at 256 (206,336 B, 32-row query tiles, two
+/// output slices) nothing smaller than an sm_90's budget could hold K, V and a query
+/// tile, so a smaller device gets the launch's typed error naming kernel and bytes.
 pub fn backward_tiles(head_dim: usize, config: TileConfig, smem_budget: u32) -> Result<BackwardTiles> {
-    let (pipelined_smem, compact, dq_smem) = match head_dim {
+    let class = tiles::head_dim_class(head_dim)?;
+    let (pipelined_smem, compact, dq_smem) = match class {
         64 => (ffi::MASKATTN_BWD_SMEM_D64, None, ffi::MASKATTN_BWD_DQ_SMEM_D64),
         96 => (
             ffi::MASKATTN_BWD_SMEM_D96,
@@ -50,8 +54,9 @@ pub fn backward_tiles(head_dim: usize, config: TileConfig, smem_budget: u32) -> 
             Some((ffi::MASKATTN_BWD_COMPACT_BLOCK_M_D128, ffi::MASKATTN_BWD_COMPACT_SMEM_D128)),
             ffi::MASKATTN_BWD_DQ_SMEM_D128,
         ),
-        _ => return Err(Error::Unsupported(format!("head dim {head_dim}: the kernels support 64, 96 and 128"))),
+        _ => (ffi::MASKATTN_BWD_SMEM_D256, None, ffi::MASKATTN_BWD_DQ_SMEM_D256),
     };
+    let pipelined_block_m = if class == 256 { ffi::MASKATTN_BWD_BLOCK_M_D256 } else { ffi::MASKATTN_BWD_BLOCK_M };
     let want_compact = match config {
         TileConfig::Auto => pipelined_smem > smem_budget,
         TileConfig::Pipelined => false,
@@ -59,7 +64,7 @@ pub fn backward_tiles(head_dim: usize, config: TileConfig, smem_budget: u32) -> 
     };
     let (block_m, main_smem, config) = match compact {
         Some((block_m, smem)) if want_compact => (block_m, smem, TileConfig::Compact),
-        _ => (ffi::MASKATTN_BWD_BLOCK_M, pipelined_smem, TileConfig::Pipelined),
+        _ => (pipelined_block_m, pipelined_smem, TileConfig::Pipelined),
     };
     Ok(BackwardTiles {
         main: TileShape::new(block_m as usize, ffi::MASKATTN_BWD_BLOCK_N as usize)?,
@@ -290,6 +295,7 @@ pub(crate) fn plan<T: KernelElement>(a: &BackwardArgs) -> Result<BackwardPlan> {
     }
     check_lse(&a.lse, &sh)?;
     let scale = kernel_scale(a.scale, sh.head_dim)?;
+    let class = tiles::head_dim_class(sh.head_dim)?;
     // A multiple of both kernels' query tiles (params.h: the main kernel's divide the
     // dQ pass's).
     let len_q_pad = sh.len_q.div_ceil(dq_tiles.block_m()) * dq_tiles.block_m();
@@ -361,10 +367,13 @@ pub(crate) fn plan<T: KernelElement>(a: &BackwardArgs) -> Result<BackwardPlan> {
         len_k: sh.len_k as i32,
         len_q_pad: len_q_pad as i32,
         head_dim: sh.head_dim as i32,
+        dq_accum_cols: class as i32,
         scale,
         scale_log2: scale * std::f32::consts::LOG2_E,
     };
-    let (dt, d) = (T::KERNEL_NAME, sh.head_dim);
+    let (dt, d) = (T::KERNEL_NAME, class);
+    // Class 256 splits the output columns over gridDim.z (params.h).
+    let slices = (class as u32).div_ceil(ffi::MASKATTN_BWD_SLICE_COLS);
     let row_threads = (ffi::MASKATTN_BWD_ROW_THREADS, 1, 1);
     let launch = |kernel: String, grid, block, smem_bytes| KernelLaunch { kernel, grid, block, smem_bytes, params };
     let pre = launch(format!("maskattn_bwd_preprocess_{dt}"), (pre_blocks, 1, 1), row_threads, 0);
@@ -372,14 +381,14 @@ pub(crate) fn plan<T: KernelElement>(a: &BackwardArgs) -> Result<BackwardPlan> {
         (if a.deterministic { "dkdv_" } else { "" }, if config == TileConfig::Compact { "_compact" } else { "" });
     let main = launch(
         format!("maskattn_bwd_{mode}{dt}_d{d}{suffix}"),
-        ((sh.batch * sh.heads_kv) as u32, n_k_tiles as u32, 1),
+        ((sh.batch * sh.heads_kv) as u32, n_k_tiles as u32, slices),
         (ffi::MASKATTN_BWD_THREADS, 1, 1),
         main_smem,
     );
     let dq = if a.deterministic {
         launch(
             format!("maskattn_bwd_dq_{dt}_d{d}"),
-            ((sh.batch * sh.heads_q) as u32, n_q_tiles as u32, 1),
+            ((sh.batch * sh.heads_q) as u32, n_q_tiles as u32, slices),
             (ffi::MASKATTN_BWD_DQ_THREADS, 1, 1),
             dq_smem,
         )
@@ -389,7 +398,7 @@ pub(crate) fn plan<T: KernelElement>(a: &BackwardArgs) -> Result<BackwardPlan> {
     Ok(BackwardPlan {
         launches: [pre, main, dq],
         scratch_rows: sh.batch * sh.heads_q * len_q_pad,
-        accum_len: (!a.deterministic).then_some(sh.batch * sh.heads_q * sh.len_q * sh.head_dim),
+        accum_len: (!a.deterministic).then_some(sh.batch * sh.heads_q * sh.len_q * class),
     })
 }
 
@@ -447,10 +456,11 @@ pub(crate) fn attention_grad<B: Backend, T: KernelElement>(
         return Err(Error::Shape(format!("d_out {:?} must be shaped like q {:?}", d_out.shape(), q.shape())));
     }
     let (q_dims, kv_dims) = (super::dims(&q), super::dims(&k));
-    let (qd, kd, vd, dod) =
-        (upload_array(b, &q)?, upload_array(b, &k)?, upload_array(b, &v)?, upload_array(b, &d_out)?);
+    // The masks' checks (head dim, grid limits) before the inputs' uploads.
     let fwd_mask = ForwardMask::new(b, mask, sh.head_dim)?;
     let bwd_mask = BackwardMask::new(b, mask, sh.head_dim)?;
+    let (qd, kd, vd, dod) =
+        (upload_array(b, &q)?, upload_array(b, &k)?, upload_array(b, &v)?, upload_array(b, &d_out)?);
     let mut out = b.zeros::<T>(q.len())?;
     let mut lse = b.zeros::<f32>(sh.batch * sh.heads_q * sh.len_q)?;
     let (mut dq, mut dk, mut dv) = (b.zeros::<T>(q.len())?, b.zeros::<T>(k.len())?, b.zeros::<T>(k.len())?);
@@ -548,9 +558,17 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_head_dims_are_errors() {
-        for d in [0, 32, 80, 256] {
-            assert!(backward_tiles(d, TileConfig::Auto, u32::MAX).is_err());
+    fn every_multiple_of_8_up_to_256_and_nothing_else() {
+        for d in [0, 4, 12, 250, 264, 512] {
+            assert!(matches!(backward_tiles(d, TileConfig::Auto, u32::MAX), Err(Error::Unsupported(_))), "{d}");
+        }
+        for d in (8..=256).step_by(8) {
+            let class = [64, 96, 128, 256].into_iter().find(|&c| d <= c).unwrap();
+            assert_eq!(tiles::head_dim_class(d).unwrap(), class);
+            assert_eq!(
+                backward_tiles(d, TileConfig::Auto, u32::MAX).unwrap(),
+                backward_tiles(class, TileConfig::Auto, u32::MAX).unwrap()
+            );
         }
     }
 
@@ -559,24 +577,27 @@ mod tests {
     #[test]
     fn the_configuration_follows_the_budget_unless_forced() {
         use TileConfig::{Auto, Compact, Pipelined};
-        for (d, pipelined, compact, compact_bm) in [
-            (64, ffi::MASKATTN_BWD_SMEM_D64, ffi::MASKATTN_BWD_SMEM_D64, 64),
-            (96, ffi::MASKATTN_BWD_SMEM_D96, ffi::MASKATTN_BWD_COMPACT_SMEM_D96, 64),
-            (128, ffi::MASKATTN_BWD_SMEM_D128, ffi::MASKATTN_BWD_COMPACT_SMEM_D128, 32),
+        for (d, pipelined, pipelined_bm, compact, compact_bm) in [
+            (64, ffi::MASKATTN_BWD_SMEM_D64, 64, ffi::MASKATTN_BWD_SMEM_D64, 64),
+            (96, ffi::MASKATTN_BWD_SMEM_D96, 64, ffi::MASKATTN_BWD_COMPACT_SMEM_D96, 64),
+            (128, ffi::MASKATTN_BWD_SMEM_D128, 64, ffi::MASKATTN_BWD_COMPACT_SMEM_D128, 32),
+            (256, ffi::MASKATTN_BWD_SMEM_D256, 32, ffi::MASKATTN_BWD_SMEM_D256, 32),
         ] {
             let tiles = |config, budget| backward_tiles(d, config, budget).unwrap();
             for budget in [99 * 1024, 163 * 1024, 227 * 1024] {
                 let auto = tiles(Auto, budget);
                 let fits = pipelined <= budget;
                 assert_eq!(auto.main_smem, if fits { pipelined } else { compact }, "D = {d}, {budget} B");
-                assert!(auto.main_smem <= budget && auto.dq_smem <= budget, "D = {d}, {budget} B: {auto:?}");
+                // Class 256 fits only sm_90's 227 KB: its launch is the budget's error elsewhere.
+                let runs = d != 256 || budget == 227 * 1024;
+                assert_eq!(auto.main_smem <= budget && auto.dq_smem <= budget, runs, "D = {d}, {budget} B: {auto:?}");
                 assert_eq!(tiles(Pipelined, budget).main_smem, pipelined);
                 assert_eq!(tiles(Compact, budget), tiles(Compact, u32::MAX));
             }
             let c = tiles(Compact, 0);
             assert_eq!((c.main_smem, c.main.block_m()), (compact, compact_bm));
-            assert_eq!(c.config, if d == 64 { Pipelined } else { Compact });
-            assert_eq!(tiles(Pipelined, 0).main.block_m(), 64);
+            assert_eq!(c.config, if d == 64 || d == 256 { Pipelined } else { Compact });
+            assert_eq!(tiles(Pipelined, 0).main.block_m(), pipelined_bm);
             assert_eq!(ffi::MASKATTN_BWD_DQ_BLOCK_M as usize % c.main.block_m(), 0);
         }
     }
@@ -685,5 +706,13 @@ mod tests {
         let e = attention_grad(&rec, q.view(), q.view(), q.view(), short.view(), &mask, None, false).unwrap_err();
         assert!(matches!(e, Error::Shape(_)), "{e}");
         assert!(rec.launches().is_empty());
+        // Head dims the kernels do not take, before anything is uploaded.
+        for d in [4, 12, 250, 264, 512] {
+            let rec = Recorder::default();
+            let x = Array4::from_elem((1, 100, 2, d), bf16::ONE);
+            let e = attention_grad(&rec, x.view(), x.view(), x.view(), x.view(), &mask, None, false).unwrap_err();
+            assert!(matches!(e, Error::Unsupported(_)), "{d}: {e}");
+            assert_eq!(rec.allocations(), 0, "{d}");
+        }
     }
 }

@@ -138,10 +138,12 @@ pub(crate) fn plan<T: KernelElement>(a: &ForwardArgs) -> Result<KernelLaunch<ffi
     }
     check_lse(&a.lse, &sh)?;
     let scale = kernel_scale(a.scale, sh.head_dim)?;
-    let smem = match sh.head_dim {
-        64 => ffi::MASKATTN_FWD_SMEM_D64,
-        96 => ffi::MASKATTN_FWD_SMEM_D96,
-        _ => ffi::MASKATTN_FWD_SMEM_D128,
+    let class = tiles::head_dim_class(sh.head_dim)?;
+    let (threads, smem) = match class {
+        64 => (ffi::MASKATTN_FWD_THREADS, ffi::MASKATTN_FWD_SMEM_D64),
+        96 => (ffi::MASKATTN_FWD_THREADS, ffi::MASKATTN_FWD_SMEM_D96),
+        128 => (ffi::MASKATTN_FWD_THREADS, ffi::MASKATTN_FWD_SMEM_D128),
+        _ => (ffi::MASKATTN_FWD_THREADS_D256, ffi::MASKATTN_FWD_SMEM_D256),
     };
     a.q.check::<T>("q")?;
     a.k.check::<T>("k")?;
@@ -183,9 +185,9 @@ pub(crate) fn plan<T: KernelElement>(a: &ForwardArgs) -> Result<KernelLaunch<ffi
         select_k_blocks: select_k_blocks as i32,
     };
     Ok(KernelLaunch {
-        kernel: format!("maskattn_fwd_{}_d{}", T::KERNEL_NAME, sh.head_dim),
+        kernel: format!("maskattn_fwd_{}_d{class}", T::KERNEL_NAME),
         grid: ((sh.batch * sh.heads_q) as u32, a.mask.query_tiles as u32, 1),
-        block: (ffi::MASKATTN_FWD_THREADS, 1, 1),
+        block: (threads, 1, 1),
         smem_bytes: smem,
         params,
     })
@@ -441,9 +443,14 @@ mod tests {
             let e = attention(&rec, q.view(), kv.view(), kv.view(), &mask, None, Some(scale)).unwrap_err();
             assert!(matches!(e, Error::InvalidParameter { what: "scale", .. }), "{e}");
         }
-        let (q80, kv80) = inputs(1, 100, 2, 1, 80);
-        let e = attention(&rec, q80.view(), kv80.view(), kv80.view(), &mask, None, None).unwrap_err();
-        assert!(matches!(e, Error::Unsupported(_)), "{e}");
+        // Head dims the kernels do not take, before anything is uploaded.
+        for d in [4, 12, 250, 264, 512] {
+            let rec = Recorder::default();
+            let (q, kv) = inputs(1, 100, 2, 1, d);
+            let e = attention(&rec, q.view(), kv.view(), kv.view(), &mask, None, None).unwrap_err();
+            assert!(matches!(e, Error::Unsupported(_)), "{d}: {e}");
+            assert_eq!(rec.allocations(), 0, "{d}");
+        }
         let other = Mask::causal(100, 101).unwrap();
         assert!(matches!(attention(&rec, q.view(), kv.view(), kv.view(), &other, None, None), Err(Error::Shape(_))));
         assert!(rec.launches().is_empty());

@@ -81,6 +81,11 @@ impl Recorder {
         a.uploaded.as_ref()?.downcast_ref::<Vec<T>>().cloned()
     }
 
+    /// Buffers allocated so far (uploads, zeros and scratch).
+    pub(crate) fn allocations(&self) -> usize {
+        self.state.borrow().allocations.len()
+    }
+
     /// Elements of the buffer at `addr`.
     pub(crate) fn buffer_len(&self, addr: u64) -> Option<usize> {
         self.state.borrow().allocations.iter().find(|a| a.addr == addr).map(|a| a.len)

@@ -84,6 +84,44 @@ pub fn fuzz_config(b: &str, gpu_cases: u32, cpu_cases: u32, seed: u64) -> Propte
     }
 }
 
+/// The head dims a kernel fuzz draws: the compiled classes themselves (64, 96, 128),
+/// the vision towers' and Gemma's (SigLIP 72, Qwen2.5-VL 80, 256), and any multiple of
+/// 8 up to 256; class 256 (the costliest on the CPU backend) about one case in six.
+pub fn arb_head_dim() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        4 => prop::sample::select(vec![64usize, 96, 128]),
+        2 => prop::sample::select(vec![72usize, 80, 256]),
+        1 => (1usize..=32).prop_map(|i| 8 * i),
+    ]
+}
+
+/// Counts the head dims a fuzz ran and, when dropped, writes them on the process's
+/// stderr (past libtest's capture, like [`fuzz_config`]'s line), so that the test
+/// command's log shows which head dims the fuzz drew.
+pub struct HeadDimTally {
+    test: String,
+    dims: std::sync::Mutex<std::collections::BTreeMap<usize, u32>>,
+}
+
+impl HeadDimTally {
+    pub fn new(backend: &str) -> Self {
+        let test = std::thread::current().name().unwrap_or("?").to_string();
+        Self { test: format!("{test} ({backend})"), dims: Default::default() }
+    }
+
+    pub fn record(&self, head_dim: usize) {
+        *self.dims.lock().unwrap().entry(head_dim).or_default() += 1;
+    }
+}
+
+impl Drop for HeadDimTally {
+    fn drop(&mut self) {
+        let dims = self.dims.lock().map(|d| d.clone()).unwrap_or_default();
+        let list: Vec<String> = dims.iter().map(|(d, n)| format!("{d}x{n}")).collect();
+        let _ = writeln!(std::io::stderr(), "{}: head dims run (D x cases): {}", self.test, list.join(" "));
+    }
+}
+
 /// The CPU backend every kernel test runs on (the kernels' own source executed on
 /// the host), one per test binary.
 #[cfg(feature = "cpu")]
