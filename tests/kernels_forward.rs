@@ -156,13 +156,14 @@ fn bad_inputs_are_errors_before_any_launch() {
     each_forward_path!(|backend, gpu| {
         let mask = Mask::causal(10, 10).unwrap();
         let x = Array4::<bf16>::zeros((1, 10, 2, 64));
-        let wrong_dim = Array4::<bf16>::zeros((1, 10, 2, 80));
         let wrong_len = Array4::<bf16>::zeros((1, 9, 2, 64));
         let wrong_heads = Array4::<bf16>::zeros((1, 10, 3, 64));
-        assert!(matches!(
-            gpu.attention(wrong_dim.view(), wrong_dim.view(), wrong_dim.view(), &mask, None),
-            Err(maskattn::Error::Unsupported(_))
-        ));
+        // Head dims the kernels do not take: not a multiple of 8, above 256.
+        for d in [12, 264] {
+            let wrong_dim = Array4::<bf16>::zeros((1, 10, 2, d));
+            let r = gpu.attention(wrong_dim.view(), wrong_dim.view(), wrong_dim.view(), &mask, None);
+            assert!(matches!(r, Err(maskattn::Error::Unsupported(_))), "D = {d}: {r:?}");
+        }
         assert!(matches!(
             gpu.attention(x.view(), wrong_len.view(), wrong_len.view(), &mask, None),
             Err(maskattn::Error::Shape(_))

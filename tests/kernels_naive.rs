@@ -32,7 +32,7 @@ fn arb_case() -> impl Strategy<Value = Case> {
         common::arb_mask(200),
         1usize..3,
         heads,
-        prop::sample::select(vec![8usize, 40, 64, 96, 128]),
+        prop::sample::select(vec![8usize, 40, 64, 72, 80, 96, 128, 256]),
         any::<bool>(),
         prop::option::weighted(0.2, 0.05f64..0.5),
         any::<u64>(),

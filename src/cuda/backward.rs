@@ -103,11 +103,11 @@ impl Gpu {
     ///   `4 * B * Hq * Lq * D` bytes of traffic and memory).
     ///
     /// Scratch: `8 * B * Hq * Lq_pad` bytes (D and the base-2 LSE), plus the
-    /// `4 * B * Hq * Lq * D` byte dQ accumulator in the atomic mode, allocated on the
-    /// stream for the call.
+    /// `4 * B * Hq * Lq * D` byte dQ accumulator (D of the head-dim class) in the
+    /// atomic mode, allocated on the stream for the call.
     ///
     /// Errors, all before any launch: shapes that disagree (with each other, the mask,
-    /// `lse`'s length), a head dim other than 64, 96 and 128, a scale that is not
+    /// `lse`'s length), a head dim that is not a multiple of 8 from 8 to 256, a scale that is not
     /// positive and finite, strides that are not multiples of 8 elements, bases not
     /// 16-byte aligned, buffers too short, outputs whose rows overlap, a mask
     /// uploaded for a configuration that needs more shared memory than the device
