@@ -140,6 +140,7 @@ typedef struct MaskattnRopeParams {
 #define MASKATTN_XATTN_SCORE_SMEM_D64 (2 * (64 + 64) * (64 + 8) * 2 + 64 * 8)
 #define MASKATTN_XATTN_SCORE_SMEM_D96 (2 * (64 + 64) * (96 + 8) * 2 + 64 * 8)
 #define MASKATTN_XATTN_SCORE_SMEM_D128 (2 * (64 + 64) * (128 + 8) * 2 + 64 * 8)
+#define MASKATTN_XATTN_SCORE_SMEM_D256 (2 * (64 + 64) * (256 + 8) * 2 + 64 * 8)
 
 /* XAttention block selection: one CTA of MASKATTN_XATTN_SELECT_THREADS threads per
  * (batch, head, query block) row. Dynamic shared memory: 9 bytes per entry of the

@@ -55,6 +55,7 @@ struct ScoreSmem {
 static_assert(ScoreSmem<64>::kBytes == MASKATTN_XATTN_SCORE_SMEM_D64, "params.h's shared memory for D = 64");
 static_assert(ScoreSmem<96>::kBytes == MASKATTN_XATTN_SCORE_SMEM_D96, "params.h's shared memory for D = 96");
 static_assert(ScoreSmem<128>::kBytes == MASKATTN_XATTN_SCORE_SMEM_D128, "params.h's shared memory for D = 128");
+static_assert(ScoreSmem<256>::kBytes == MASKATTN_XATTN_SCORE_SMEM_D256, "params.h's shared memory for D = 256");
 
 // Last visible downsampled column of downsampled row i (definition 3), -1 when the
 // row sees nothing or does not exist (i >= n_q_rows). Non-decreasing in i.
@@ -346,12 +347,16 @@ MASKATTN_XATTN_SCORE_KERNEL(bf16, __nv_bfloat16, 96, 8)
 MASKATTN_XATTN_SCORE_KERNEL(bf16, __nv_bfloat16, 96, 16)
 MASKATTN_XATTN_SCORE_KERNEL(bf16, __nv_bfloat16, 128, 8)
 MASKATTN_XATTN_SCORE_KERNEL(bf16, __nv_bfloat16, 128, 16)
+MASKATTN_XATTN_SCORE_KERNEL(bf16, __nv_bfloat16, 256, 8)
+MASKATTN_XATTN_SCORE_KERNEL(bf16, __nv_bfloat16, 256, 16)
 MASKATTN_XATTN_SCORE_KERNEL(f16, __half, 64, 8)
 MASKATTN_XATTN_SCORE_KERNEL(f16, __half, 64, 16)
 MASKATTN_XATTN_SCORE_KERNEL(f16, __half, 96, 8)
 MASKATTN_XATTN_SCORE_KERNEL(f16, __half, 96, 16)
 MASKATTN_XATTN_SCORE_KERNEL(f16, __half, 128, 8)
 MASKATTN_XATTN_SCORE_KERNEL(f16, __half, 128, 16)
+MASKATTN_XATTN_SCORE_KERNEL(f16, __half, 256, 8)
+MASKATTN_XATTN_SCORE_KERNEL(f16, __half, 256, 16)
 #undef MASKATTN_XATTN_SCORE_KERNEL
 
 extern "C" __global__ void __launch_bounds__(MASKATTN_XATTN_SELECT_THREADS)

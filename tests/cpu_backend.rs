@@ -67,7 +67,7 @@ fn forward_work_model() {
 #[test]
 fn xattention_scoring_is_conflict_free() {
     let cpu = CpuBackend::new();
-    for (d, stride) in [(64, 8), (128, 16), (96, 16)] {
+    for (d, stride) in [(64, 8), (128, 16), (96, 16), (256, 8)] {
         let (_, q) = common::rounded::<bf16>(random_array((1, 300, 2, d), 4));
         let (_, k) = common::rounded::<bf16>(random_array((1, 300, 2, d), 5));
         let cfg = XAttnConfig { stride, tau: Tau::Scalar(0.9), causal: true };
@@ -190,6 +190,47 @@ fn every_gpu_shared_memory_budget_at_every_head_dim() {
                         }
                     }
                 }
+            }
+        }
+    }
+    check::<bf16>();
+    check::<half::f16>();
+}
+
+/// XAttention's scoring at D = 256 needs 135,680 bytes of shared memory per block
+/// (params.h): under the 99 KB of sm_86/89/120 it is an `Unsupported` error naming
+/// the kernel before anything runs; under sm_80's 163 KB and sm_90's 227 KB it runs,
+/// bit for bit as without a limit. Both dtypes, both strides.
+#[test]
+fn xattention_at_head_dim_256_under_every_gpu_budget() {
+    fn check<T: maskattn::KernelElement>() {
+        let (_, q) = common::rounded::<T>(random_array((1, 150, 2, 256), 6));
+        let (_, k) = common::rounded::<T>(random_array((1, 170, 1, 256), 7));
+        for stride in [8, 16] {
+            let cfg = XAttnConfig { stride, tau: Tau::Scalar(0.9), causal: true };
+            let run = |max_dynamic_smem| {
+                let cpu = CpuBackend::with_options(CpuOptions { max_dynamic_smem, ..CpuOptions::default() });
+                cpu.reset_counters();
+                let got = cpu.xattn_select_blocks(q.view(), k.view(), &cfg);
+                let got = got.map(|(scores, sel)| (scores.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), sel));
+                (got, cpu.counters())
+            };
+            let (want, _) = run(u32::MAX);
+            let want = want.unwrap();
+            let kernel = format!("maskattn_xattn_scores_{}_d256_s{stride}", T::KERNEL_NAME);
+            for (budget, gpus) in GPU_BUDGETS {
+                let what = format!("{kernel}, budget {budget} ({gpus})");
+                let (got, counters) = run(budget);
+                if budget >= 135_680 {
+                    assert!(got.unwrap() == want, "{what}: scores or selection differ from an unlimited run");
+                    continue;
+                }
+                let e = got.err().unwrap_or_else(|| panic!("{what}: ran over its budget"));
+                let msg = e.to_string();
+                assert!(matches!(e, maskattn::Error::Unsupported(_)), "{what}: {msg}");
+                let expected = format!("kernel {kernel} needs 135680 bytes of shared memory per block");
+                assert!(msg.contains(&expected) && msg.contains(&format!("allows {budget}")), "{what}: {msg}");
+                assert_eq!((counters.ctas, counters.mma), (0, 0), "{what}: something ran before the error");
             }
         }
     }

@@ -29,7 +29,7 @@ fn xattn_kernels_are_built_for_sm80_and_sm90a_without_spills() {
     let all = maskattn::cuda::kernel_resources();
     let mut names = vec!["maskattn_xattn_select".to_string()];
     for dtype in ["bf16", "f16"] {
-        for d in [64, 96, 128] {
+        for d in [64, 96, 128, 256] {
             for st in [8, 16] {
                 names.push(format!("maskattn_xattn_scores_{dtype}_d{d}_s{st}"));
             }
@@ -173,7 +173,7 @@ fn arb_case() -> impl Strategy<Value = Case> {
         prop::collection::vec(0.05f64..=1.0, 8).prop_map(Tau::PerHead),
     ];
     (
-        (1usize..3, heads, prop::sample::select(vec![64usize, 96, 128])),
+        (1usize..3, heads, prop::sample::select(vec![64usize, 96, 128, 256])),
         (arb_len(), arb_len(), prop::sample::select(vec![8usize, 16]), any::<bool>()),
         (tau, any::<bool>(), prop::bool::weighted(0.3), any::<u64>()),
     )
@@ -391,7 +391,7 @@ fn sanitizer_subset() {
         let shapes =
             [(1, 1, 8, true), (200, 130, 8, true), (130, 200, 16, true), (77, 300, 16, false), (300, 77, 8, true)];
         for (i, (len_q, len_k, stride, causal)) in shapes.into_iter().enumerate() {
-            for (head_dim, bf16) in [(64, true), (96, false), (128, true)] {
+            for (head_dim, bf16) in [(64, true), (96, false), (128, true), (256, false), (256, true)] {
                 let c = Case {
                     batch: 2,
                     heads: (2, 1),
@@ -424,8 +424,14 @@ fn bad_inputs_are_errors_before_any_launch() {
         assert!(invalid(kernels.xattn_select_blocks(x.view(), x.view(), &bad_stride)));
         assert!(invalid(kernels.xattn_select_blocks(x.view(), x.view(), &bad_tau)));
         assert!(invalid(kernels.xattn_select_blocks(x.view(), x.view(), &short_tau)));
-        let d80 = Array4::<bf16>::zeros((1, 300, 2, 80));
-        assert!(matches!(kernels.xattn_select_blocks(d80.view(), d80.view(), &cfg), Err(Error::Unsupported(_))));
+        // Head dims without a scoring kernel: a typed error naming the supported ones.
+        for d in [72, 80, 192, 512] {
+            let x = Array4::<bf16>::zeros((1, 300, 2, d));
+            match kernels.xattn_select_blocks(x.view(), x.view(), &cfg) {
+                Err(Error::Unsupported(msg)) => assert!(msg.contains("[64, 96, 128, 256]"), "D = {d}: {msg}"),
+                other => panic!("{backend}: D = {d}: {other:?}"),
+            }
+        }
         let three_heads = Array4::<bf16>::zeros((1, 300, 3, 64));
         assert!(matches!(kernels.xattn_select_blocks(x.view(), three_heads.view(), &cfg), Err(Error::Shape(_))));
         let other_batch = Array4::<bf16>::zeros((2, 300, 2, 64));

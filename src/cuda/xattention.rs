@@ -34,9 +34,10 @@ impl Gpu {
     /// XAttention block scores `[B, Hq, ceil(Lq/128), ceil(Lk/128)]` (row-major f32)
     /// of Q `[B, Lq, Hq, D]` and K `[B, Lk, Hkv, D]` (strided, last dim contiguous;
     /// `Hkv` divides `Hq`), as [`crate::xattention::block_scores`] defines them, on
-    /// this handle's stream. `D` must be 64, 96 or 128 and `cfg.stride` 8 or 16; the
-    /// whole `cfg` is validated (its `tau` is not used here). Invisible blocks score
-    /// exactly 0.
+    /// this handle's stream. `D` must be 64, 96, 128 or 256 (at 256 the kernel needs
+    /// 135,680 bytes of shared memory per block: an [`crate::Error::Unsupported`] on
+    /// 99 KB GPUs) and `cfg.stride` 8 or 16; the whole `cfg` is validated (its `tau`
+    /// is not used here). Invisible blocks score exactly 0.
     pub fn xattn_block_scores<T: KernelElement>(
         &self,
         q: &DeviceTensor<T>,

@@ -12,8 +12,10 @@ use crate::mask::Mask;
 use crate::shape::AttnShape;
 use crate::xattention::{BlockSelection, XAttnConfig, BLOCK};
 
-/// Head dims the scoring kernels are compiled for.
-pub const XATTN_HEAD_DIMS: [usize; 3] = [64, 96, 128];
+/// Head dims the scoring kernels are compiled for. At D = 256 the scoring kernel
+/// needs 135,680 bytes of shared memory per block: more than the 99 KB of sm_86/89/120
+/// parts, where its launch is an [`Error::Unsupported`] naming it.
+pub const XATTN_HEAD_DIMS: [usize; 4] = [64, 96, 128, 256];
 
 /// Largest `nKb = ceil(Lk / 128)` the selection kernel sorts (1M keys).
 pub const XATTN_MAX_KEY_BLOCKS: usize = ffi::MASKATTN_XATTN_SELECT_MAX_KEY_BLOCKS as usize;
@@ -74,7 +76,7 @@ pub(crate) struct ScoresPlan {
 }
 
 /// Checks the scoring of Q `[B, Lq, Hq, D]` by K `[B, Lk, Hkv, D]` (`Hkv` divides
-/// `Hq`; `D` 64, 96 or 128; the whole `cfg` validated, though its `tau` is not used):
+/// `Hq`; `D` 64, 96, 128 or 256; the whole `cfg` validated, though its `tau` is not used):
 /// q and k cover every element the kernel addresses (dims, strides, 16-byte
 /// alignment, bounds). The launches split the (batch, head) pairs so that each one's
 /// scratch stays under [`XATTN_SCRATCH_BUDGET`].
@@ -91,7 +93,9 @@ pub(crate) fn plan_scores<T: KernelElement>(q: &TensorArg, k: &TensorArg, cfg: &
     let smem = match sh.head_dim {
         64 => ffi::MASKATTN_XATTN_SCORE_SMEM_D64,
         96 => ffi::MASKATTN_XATTN_SCORE_SMEM_D96,
-        _ => ffi::MASKATTN_XATTN_SCORE_SMEM_D128,
+        128 => ffi::MASKATTN_XATTN_SCORE_SMEM_D128,
+        256 => ffi::MASKATTN_XATTN_SCORE_SMEM_D256,
+        d => unreachable!("head dim {d} passed the XATTN_HEAD_DIMS check"),
     };
     let pairs = sh.batch * sh.heads_q;
     let pair_scratch = g.n_q_rows * g.n_k_blocks;
@@ -439,10 +443,40 @@ mod tests {
     }
 
     #[test]
+    fn head_dim_256_plans_its_own_kernel_and_shared_memory() {
+        let rec = Recorder::default();
+        let q = Array4::from_elem((1, 300, 2, 256), f16::ONE);
+        for stride in [8, 16] {
+            let cfg = XAttnConfig { stride, ..cfg() };
+            xattn_select_blocks(&rec, q.view(), q.view(), &cfg).unwrap();
+        }
+        let l = rec.launches();
+        let scoring: Vec<(&str, u32)> = l
+            .iter()
+            .filter(|l| l.kernel != "maskattn_xattn_select")
+            .map(|l| (l.kernel.as_str(), l.smem_bytes))
+            .collect();
+        assert_eq!(
+            scoring,
+            [("maskattn_xattn_scores_f16_d256_s8", 135_680), ("maskattn_xattn_scores_f16_d256_s16", 135_680)]
+        );
+        let s: ffi::MaskattnXattnScoreParams = l[0].params();
+        assert_eq!((s.head_dim, s.stride, s.n_q_rows), (256, 8, 38));
+        assert_eq!(s.scale_log2, (std::f64::consts::LOG2_E / (8.0 * 16.0)) as f32);
+    }
+
+    #[test]
     fn bad_inputs_are_errors_before_any_launch() {
         let rec = Recorder::default();
-        let q = Array4::from_elem((1, 300, 4, 80), f16::ONE);
-        assert!(matches!(xattn_select_blocks(&rec, q.view(), q.view(), &cfg()), Err(Error::Unsupported(_))));
+        for d in [72, 80] {
+            let q = Array4::from_elem((1, 300, 4, d), f16::ONE);
+            match xattn_select_blocks(&rec, q.view(), q.view(), &cfg()) {
+                Err(Error::Unsupported(msg)) => {
+                    assert_eq!(msg, format!("XAttention scoring head dim {d} (supported: [64, 96, 128, 256])"))
+                }
+                other => panic!("D = {d}: {other:?}"),
+            }
+        }
         let q = Array4::from_elem((1, 300, 4, 64), f16::ONE);
         let bad_stride = XAttnConfig { stride: 4, ..cfg() };
         assert!(xattn_select_blocks(&rec, q.view(), q.view(), &bad_stride).is_err());
