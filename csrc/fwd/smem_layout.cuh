@@ -72,14 +72,15 @@ __device__ __forceinline__ void load_tile_async(uint32_t tile, const Elem *__res
     for (int pass = 0; pass < Tile::kRows / kRowsPerPass; ++pass) {
         const int32_t row = first_row + pass * kRowsPerPass + r;
         const bool valid = row < end_row;
-        const Elem *src = base + (valid ? int64_t(row) * row_stride : 0);
+        // A zero-filled row reads nothing but still gets an address inside the tensor.
+        const Elem *src = base + c * 8 + (valid ? int64_t(row) * row_stride : 0);
         // offset(r + R, c + C) = offset(r, c) + offset(R, C) for R % 8 == 0, C % 4 == 0.
 #pragma unroll
         for (int quad = 0; quad < kQuads; ++quad) {
-            const uint32_t chunk = c + quad * 4 * kColSplit;
-            const bool copy = valid && chunk < uint32_t(end_chunk);
-            // A zero-filled chunk reads nothing but still gets an address inside the tensor.
-            cp_async_16(dst + Tile::offset(pass * kRowsPerPass, quad * 4 * kColSplit), src + (copy ? chunk * 8 : 0),
+            // A padding chunk (zero-filled, nothing read) keeps the immediate offset of the
+            // others: a select per chunk costs the D = 128 kernels spills.
+            const bool copy = valid && c + quad * 4 * kColSplit < uint32_t(end_chunk);
+            cp_async_16(dst + Tile::offset(pass * kRowsPerPass, quad * 4 * kColSplit), src + quad * 32 * kColSplit,
                         copy);
         }
     }
