@@ -95,11 +95,11 @@ __device__ __forceinline__ void key_tile(const MaskattnBwdParams &p) {
     constexpr int D = Traits::kHeadDim, kThreads = Traits::kThreads;
     constexpr int BM = Traits::kBlockM, BN = Traits::kBlockN;
     constexpr int QF = Traits::kQFrags, DF = Traits::kDFrags, DQF = Traits::kDqFrags;
+    constexpr int kMinCols = fwd::kClassMinHeadDim<D>;
 
     unsigned char *const bwd_smem = dynamic_smem();
     const uint32_t smem = fwd::smem_u32(bwd_smem);
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    const int chunks = p.head_dim / 8;    // of the real head dim; the tiles' others are zeros
     const int col0 = Traits::col0();  // this CTA's output columns: col0 .. col0 + DF * 8 - 1
 
     const int32_t b = blockIdx.x / p.heads_kv, hk = blockIdx.x % p.heads_kv;
@@ -112,11 +112,12 @@ __device__ __forceinline__ void key_tile(const MaskattnBwdParams &p) {
     auto load_step = [&](int32_t hi, int32_t qt, uint32_t buf) {
         const int32_t h = hk * walk.group + hi, m0 = qt * BM;
         const uint32_t dst = smem + Traits::kOffQ + buf * Traits::kQdoBufferBytes;
-        fwd::load_tile_async<QTile, kThreads>(dst, tensor_at<Elem>(p.q, b, h, p.q_batch_stride, p.q_head_stride),
-                                              p.q_row_stride, m0, p.len_q, chunks, tid);
-        fwd::load_tile_async<QTile, kThreads>(dst + QTile::kBytes,
-                                              tensor_at<Elem>(p.d_out, b, h, p.do_batch_stride, p.do_head_stride),
-                                              p.do_row_stride, m0, p.len_q, chunks, tid);
+        fwd::load_tile_async<QTile, kThreads, kMinCols>(dst,
+                                                        tensor_at<Elem>(p.q, b, h, p.q_batch_stride, p.q_head_stride),
+                                                        p.q_row_stride, m0, p.len_q, p.head_dim, tid);
+        fwd::load_tile_async<QTile, kThreads, kMinCols>(dst + QTile::kBytes,
+                                                        tensor_at<Elem>(p.d_out, b, h, p.do_batch_stride, p.do_head_stride),
+                                                        p.do_row_stride, m0, p.len_q, p.head_dim, tid);
         const int64_t rows = (int64_t(b) * p.heads_q + h) * p.len_q_pad;
         load_row_data_async<BM>(smem + Traits::kOffRows + buf * Traits::kRowBufferBytes, p.intervals,
                                 p.lse2 + rows, p.delta + rows, m0, p.len_q, tid);
@@ -127,12 +128,12 @@ __device__ __forceinline__ void key_tile(const MaskattnBwdParams &p) {
     walk.seek(p.q_tile_summaries, kt, BN, hi, qt, cls);
     if (hi < walk.group) {
         // K and V travel in the first step's group.
-        fwd::load_tile_async<KTile, kThreads>(smem + Traits::kOffK,
-                                              tensor_at<Elem>(p.k, b, hk, p.k_batch_stride, p.k_head_stride),
-                                              p.k_row_stride, k0, p.len_k, chunks, tid);
-        fwd::load_tile_async<KTile, kThreads>(smem + Traits::kOffV,
-                                              tensor_at<Elem>(p.v, b, hk, p.v_batch_stride, p.v_head_stride),
-                                              p.v_row_stride, k0, p.len_k, chunks, tid);
+        fwd::load_tile_async<KTile, kThreads, kMinCols>(smem + Traits::kOffK,
+                                                        tensor_at<Elem>(p.k, b, hk, p.k_batch_stride, p.k_head_stride),
+                                                        p.k_row_stride, k0, p.len_k, p.head_dim, tid);
+        fwd::load_tile_async<KTile, kThreads, kMinCols>(smem + Traits::kOffV,
+                                                        tensor_at<Elem>(p.v, b, hk, p.v_batch_stride, p.v_head_stride),
+                                                        p.v_row_stride, k0, p.len_k, p.head_dim, tid);
         load_step(hi, qt, 0);
     }
 
@@ -239,12 +240,12 @@ __device__ __forceinline__ void key_tile(const MaskattnBwdParams &p) {
     fwd::cp_async_wait<0>();
     __syncthreads();
     const int t = fresh_thread_index();  // the epilogue needs the loop's registers
-    const int end_chunk = p.head_dim / 8 - Traits::col0() / 8;
+    const int end_chunk = p.head_dim / 8 - col0 / 8;
     store_warp_rows<KTile, Elem>(bwd_smem + Traits::kOffK, dk, p.scale, 16 * (t / 32),
-                                 tensor_at<Elem>(p.dk, b, hk, p.dk_batch_stride, p.dk_head_stride) + Traits::col0(),
+                                 tensor_at<Elem>(p.dk, b, hk, p.dk_batch_stride, p.dk_head_stride) + col0,
                                  p.dk_row_stride, k0, p.len_k, end_chunk, t % 32);
     store_warp_rows<KTile, Elem>(bwd_smem + Traits::kOffV, dv, 1.f, 16 * (t / 32),
-                                 tensor_at<Elem>(p.dv, b, hk, p.dv_batch_stride, p.dv_head_stride) + Traits::col0(),
+                                 tensor_at<Elem>(p.dv, b, hk, p.dv_batch_stride, p.dv_head_stride) + col0,
                                  p.dv_row_stride, k0, p.len_k, end_chunk, t % 32);
 }
 
@@ -258,11 +259,11 @@ __device__ __forceinline__ void dq_query_tile(const MaskattnBwdParams &p) {
     constexpr int D = Traits::kHeadDim, kThreads = Traits::kThreads;
     constexpr int BM = Traits::kBlockM, BN = Traits::kBlockN;
     constexpr int NF = Traits::kNFrags, DF = Traits::kDFrags;
+    constexpr int kMinCols = fwd::kClassMinHeadDim<D>;
 
     unsigned char *const bwd_smem = dynamic_smem();
     const uint32_t smem = fwd::smem_u32(bwd_smem);
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    const int chunks = p.head_dim / 8;    // of the real head dim; the tiles' others are zeros
     const int col0 = Traits::col0();  // this CTA's dQ columns: col0 .. col0 + DF * 8 - 1
     fwd::TileIntervals<BM> &intervals = *reinterpret_cast<fwd::TileIntervals<BM> *>(bwd_smem + Traits::kOffRows);
     MaskattnTileSummary &summary = *reinterpret_cast<MaskattnTileSummary *>(bwd_smem + Traits::kOffCta);
@@ -272,12 +273,12 @@ __device__ __forceinline__ void dq_query_tile(const MaskattnBwdParams &p) {
     const int32_t h = blockIdx.x % p.heads_q, b = blockIdx.x / p.heads_q;
     const int32_t hk = h / (p.heads_q / p.heads_kv);
     const int32_t qt = p.q_tile_order[blockIdx.y], m0 = qt * BM;
-    fwd::load_tile_async<QTile, kThreads>(smem + Traits::kOffQ,
-                                          tensor_at<Elem>(p.q, b, h, p.q_batch_stride, p.q_head_stride),
-                                          p.q_row_stride, m0, p.len_q, chunks, tid);
-    fwd::load_tile_async<QTile, kThreads>(smem + Traits::kOffDo,
-                                          tensor_at<Elem>(p.d_out, b, h, p.do_batch_stride, p.do_head_stride),
-                                          p.do_row_stride, m0, p.len_q, chunks, tid);
+    fwd::load_tile_async<QTile, kThreads, kMinCols>(smem + Traits::kOffQ,
+                                                    tensor_at<Elem>(p.q, b, h, p.q_batch_stride, p.q_head_stride),
+                                                    p.q_row_stride, m0, p.len_q, p.head_dim, tid);
+    fwd::load_tile_async<QTile, kThreads, kMinCols>(smem + Traits::kOffDo,
+                                                    tensor_at<Elem>(p.d_out, b, h, p.do_batch_stride, p.do_head_stride),
+                                                    p.do_row_stride, m0, p.len_q, p.head_dim, tid);
     fwd::cp_async_commit();
     intervals.load(p.intervals, m0, p.len_q, tid, kThreads);
     if (tid == 0) summary = p.dq_tile_summaries[qt];
@@ -297,8 +298,9 @@ __device__ __forceinline__ void dq_query_tile(const MaskattnBwdParams &p) {
     const Elem *v = tensor_at<Elem>(p.v, b, hk, p.v_batch_stride, p.v_head_stride);
     auto load_kv = [&](int32_t kt, uint32_t buf) {
         const uint32_t dst = smem + Traits::kOffK + buf * Traits::kKvBufferBytes;
-        fwd::load_tile_async<KTile, kThreads>(dst, k, p.k_row_stride, kt * BN, p.len_k, chunks, tid);
-        fwd::load_tile_async<KTile, kThreads>(dst + KTile::kBytes, v, p.v_row_stride, kt * BN, p.len_k, chunks, tid);
+        fwd::load_tile_async<KTile, kThreads, kMinCols>(dst, k, p.k_row_stride, kt * BN, p.len_k, p.head_dim, tid);
+        fwd::load_tile_async<KTile, kThreads, kMinCols>(dst + KTile::kBytes, v, p.v_row_stride, kt * BN, p.len_k,
+                                                        p.head_dim, tid);
         fwd::cp_async_commit();
     };
 
@@ -368,8 +370,8 @@ __device__ __forceinline__ void dq_query_tile(const MaskattnBwdParams &p) {
     fwd::cp_async_wait<0>();
     __syncthreads();
     store_warp_rows<QTile, Elem>(bwd_smem + Traits::kOffQ, dq, p.scale, 16 * warp,
-                                 tensor_at<Elem>(p.dq, b, h, p.dq_batch_stride, p.dq_head_stride) + Traits::col0(),
-                                 p.dq_row_stride, m0, p.len_q, p.head_dim / 8 - Traits::col0() / 8, lane);
+                                 tensor_at<Elem>(p.dq, b, h, p.dq_batch_stride, p.dq_head_stride) + col0,
+                                 p.dq_row_stride, m0, p.len_q, p.head_dim / 8 - col0 / 8, lane);
 }
 
 // ---------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ __device__ __forceinline__ void attention_tile(const MaskattnFwdParams &p) {
     constexpr int D = Traits::kHeadDim, kThreads = Traits::kThreads;
     constexpr int BM = Traits::kBlockM, BN = Traits::kBlockN;
     constexpr int MF = Traits::kMFrags, NF = Traits::kNFrags, DF = Traits::kDFrags;
+    constexpr int kMinCols = kClassMinHeadDim<D>;
     using QTile = SwizzledTile<BM, D>;
     using KVTile = SwizzledTile<BN, D>;
     static_assert(BM == MASKATTN_SELECT_BLOCK && MASKATTN_SELECT_BLOCK % BN == 0,
@@ -64,7 +65,7 @@ __device__ __forceinline__ void attention_tile(const MaskattnFwdParams &p) {
         const int32_t m0 = p.tile_order[blockIdx.y] * BM;
         const int32_t rows = min(BM, p.len_q - m0);
         const Elem *q = static_cast<const Elem *>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
-        load_tile_async<QTile, kThreads>(sQ, q, p.q_row_stride, m0, p.len_q, p.head_dim / 8, tid);
+        load_tile_async<QTile, kThreads, kMinCols>(sQ, q, p.q_row_stride, m0, p.len_q, p.head_dim, tid);
         cp_async_commit();
 
         if (tid == 0) {
@@ -88,10 +89,10 @@ __device__ __forceinline__ void attention_tile(const MaskattnFwdParams &p) {
 
     // K and V of key tile kt into buffer buf, as one cp.async group.
     auto load_kv = [&](int32_t kt, uint32_t buf) {
-        load_tile_async<KVTile, kThreads>(sK + buf * kBufferBytes, cta.k, p.k_row_stride, kt * BN, p.len_k,
-                                          p.head_dim / 8, tid);
-        load_tile_async<KVTile, kThreads>(sV + buf * kBufferBytes, cta.v, p.v_row_stride, kt * BN, p.len_k,
-                                          p.head_dim / 8, tid);
+        load_tile_async<KVTile, kThreads, kMinCols>(sK + buf * kBufferBytes, cta.k, p.k_row_stride, kt * BN, p.len_k,
+                                                    p.head_dim, tid);
+        load_tile_async<KVTile, kThreads, kMinCols>(sV + buf * kBufferBytes, cta.v, p.v_row_stride, kt * BN, p.len_k,
+                                                    p.head_dim, tid);
         cp_async_commit();
     };
 

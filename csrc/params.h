@@ -202,12 +202,12 @@ typedef struct MaskattnXattnSelectParams {
  * That needs 117,760 B at D = 96 and 150,528 B at D = 128: more than the 99 KB a block
  * may use on sm_86/89/120. Class 256 takes query tiles of MASKATTN_BWD_BLOCK_M_D256
  * rows (206,336 B: sm_90 only) and, like its dQ pass (197,888 B), splits the output
- * columns into two 128-column slices, one CTA each (gridDim.z = 2). */
+ * columns into four 64-column slices, one CTA each (gridDim.z = 4). */
 #define MASKATTN_BWD_THREADS 256
 #define MASKATTN_BWD_BLOCK_M 64
 #define MASKATTN_BWD_BLOCK_M_D256 32
 #define MASKATTN_BWD_BLOCK_N 128
-#define MASKATTN_BWD_SLICE_COLS 128
+#define MASKATTN_BWD_SLICE_COLS_D256 64
 #define MASKATTN_BWD_SMEM_D64 ((2 * 128 + 4 * 64) * 64 * 2 + 128 * 64 * 2 + 2 * 64 * 24)
 #define MASKATTN_BWD_SMEM_D96 ((2 * 128 + 4 * 64) * 96 * 2 + 128 * 64 * 2 + 2 * 64 * 24)
 #define MASKATTN_BWD_SMEM_D128 ((2 * 128 + 4 * 64) * 128 * 2 + 128 * 64 * 2 + 2 * 64 * 24)

@@ -324,8 +324,8 @@ fn sanitizer_cases() -> Vec<Case> {
 }
 
 /// The head dims of video models' vision towers and of Gemma, always (the fuzz draws
-/// them too, by chance): 72 and 80 in class 96, 256 and 136 (one real column in the
-/// second output slice) in class 256, in both dQ modes.
+/// them too, by chance): 72 and 80 in class 96, 256 and 136 (8 real columns in the
+/// third of three 64-column output slices) in class 256, in both dQ modes.
 #[test]
 fn vision_and_gemma_head_dims_match_the_reference() {
     each_backend!(|backend, kernels| {

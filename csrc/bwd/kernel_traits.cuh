@@ -26,11 +26,13 @@ namespace bwd {
 // thread, which at D = 256 is more than a thread has. So class 256 splits the output
 // columns into kSlices slices of kSliceCols, one CTA each (blockIdx.z): every CTA
 // still computes S^T and dP^T over the whole D (their inner dimension), but dV, dK and
-// dQ only for its columns. That repeats two of the five products per slice (7 instead
-// of 5 per pair at two slices) and keeps the registers of class 128.
+// dQ only for its columns. Four slices of 64 repeat S^T and dP^T four times (11 of the
+// unsliced kernel's 5 products per pair, 2.2x); two of 128 (1.4x) left the kernel at
+// 255 registers with spills on sm_90a or sm_120 whatever else was tried
+// (bench/NOTES.md).
 template <int D>
 struct OutputSlices {
-    static constexpr int kSliceCols = D < MASKATTN_BWD_SLICE_COLS ? D : MASKATTN_BWD_SLICE_COLS;
+    static constexpr int kSliceCols = D <= 128 ? D : MASKATTN_BWD_SLICE_COLS_D256;
     static constexpr int kSlices = D / kSliceCols;
     static_assert(kSlices * kSliceCols == D, "whole slices");
 

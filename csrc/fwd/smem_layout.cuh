@@ -22,6 +22,11 @@
 namespace maskattn {
 namespace fwd {
 
+// The smallest head dim the class of head dim D serves (params.h: classes 64, 96, 128,
+// 256): the columns below it are real in every call of a class-D kernel.
+template <int D>
+constexpr int kClassMinHeadDim = D == 64 ? 8 : D == 96 ? 72 : D == 128 ? 104 : 136;
+
 template <int ROWS, int D>
 struct SwizzledTile {
     static constexpr int kRows = ROWS;
@@ -38,7 +43,7 @@ struct SwizzledTile {
 
 // Issues the cp.async copies of rows first_row .. first_row + kRows - 1 of a
 // tensor (row r at base + r * row_stride, contiguous within a row) into a Tile;
-// rows at or past end_row, and chunks at or past end_chunk (a head dim narrower
+// rows at or past end_row, and chunks at or past column end_col (a head dim narrower
 // than the tile's: its class pads it with zeros, which add nothing to a dot product
 // and give output columns that are never stored), are zero-filled. Every thread of
 // the block must call it.
@@ -52,9 +57,9 @@ struct SwizzledTile {
 // to hoist out of the key loop into registers. A tile of fewer rows than the
 // block's warps cover (8 each) splits its 4-chunk column groups among kColSplit
 // sets of warps instead.
-template <class Tile, int kThreads, typename Elem>
+template <class Tile, int kThreads, int kMinCols, typename Elem>
 __device__ __forceinline__ void load_tile_async(uint32_t tile, const Elem *__restrict__ base, int64_t row_stride,
-                                                int32_t first_row, int32_t end_row, int32_t end_chunk, int tid) {
+                                                int32_t first_row, int32_t end_row, int32_t end_col, int tid) {
     constexpr int kBlockRows = kThreads / 4;
     constexpr int kColSplit = kBlockRows > Tile::kRows ? kBlockRows / Tile::kRows : 1;
     constexpr int kRowsPerPass = kBlockRows / kColSplit;
@@ -68,6 +73,9 @@ __device__ __forceinline__ void load_tile_async(uint32_t tile, const Elem *__res
     // unsigned: the column offset then needs no 64-bit register
     const uint32_t c = (tid % 32) / 8 + (kColSplit == 1 ? 0u : 4 * uint32_t(warp / warps_per_set));
     const uint32_t dst = tile + Tile::offset(r, c);
+    // 8 c + tid % 8: below end_col (a multiple of 8) exactly when chunk c is. From tid,
+    // not c, so that it needs no register of its own across a caller's loop.
+    const int32_t col = tid % 32 + (kColSplit == 1 ? 0 : 32 * (warp / warps_per_set));
 #pragma unroll
     for (int pass = 0; pass < Tile::kRows / kRowsPerPass; ++pass) {
         const int32_t row = first_row + pass * kRowsPerPass + r;
@@ -79,7 +87,10 @@ __device__ __forceinline__ void load_tile_async(uint32_t tile, const Elem *__res
         for (int quad = 0; quad < kQuads; ++quad) {
             // A padding chunk (zero-filled, nothing read) keeps the immediate offset of the
             // others: a select per chunk costs the D = 128 kernels spills.
-            const bool copy = valid && c + quad * 4 * kColSplit < uint32_t(end_chunk);
+            // Chunks below kMinCols are real in every head dim of the class: no test, no
+            // register (the class-128 backward has none to spare).
+            const bool always = (quad + 1) * 32 * kColSplit <= kMinCols;  // unrolled: a constant
+            const bool copy = valid && (always || col + quad * 32 * kColSplit < end_col);
             cp_async_16(dst + Tile::offset(pass * kRowsPerPass, quad * 4 * kColSplit), src + quad * 32 * kColSplit,
                         copy);
         }

@@ -37,7 +37,7 @@ pub struct BackwardTiles {
 /// [`tiles::head_dim_class`]) for `config` on a device allowing `smem_budget` bytes of
 /// shared memory per block: `Auto` is the pipelined configuration where it fits, else
 /// the compact one. Classes 64 and 256 have one configuration each: at 64 the pipelined
-/// kernels (84,992 B) fit every budget; at 256 (206,336 B, 32-row query tiles, two
+/// kernels (84,992 B) fit every budget; at 256 (206,336 B, 32-row query tiles, four
 /// output slices) nothing smaller than an sm_90's budget could hold K, V and a query
 /// tile, so a smaller device gets the launch's typed error naming kernel and bytes.
 pub fn backward_tiles(head_dim: usize, config: TileConfig, smem_budget: u32) -> Result<BackwardTiles> {
@@ -372,8 +372,9 @@ pub(crate) fn plan<T: KernelElement>(a: &BackwardArgs) -> Result<BackwardPlan> {
         scale_log2: scale * std::f32::consts::LOG2_E,
     };
     let (dt, d) = (T::KERNEL_NAME, class);
-    // Class 256 splits the output columns over gridDim.z (params.h).
-    let slices = (class as u32).div_ceil(ffi::MASKATTN_BWD_SLICE_COLS);
+    // Class 256 splits the output columns over gridDim.z (params.h); slices past the
+    // real head dim would compute nothing that is stored.
+    let slices = if class == 256 { (sh.head_dim as u32).div_ceil(ffi::MASKATTN_BWD_SLICE_COLS_D256) } else { 1 };
     let row_threads = (ffi::MASKATTN_BWD_ROW_THREADS, 1, 1);
     let launch = |kernel: String, grid, block, smem_bytes| KernelLaunch { kernel, grid, block, smem_bytes, params };
     let pre = launch(format!("maskattn_bwd_preprocess_{dt}"), (pre_blocks, 1, 1), row_threads, 0);
@@ -692,6 +693,33 @@ mod tests {
             let tables = BackwardTables::new(&mask, &backward_tiles(d, TileConfig::Auto, u32::MAX).unwrap());
             assert_eq!(rec.uploaded::<i32>(params[0].k_tile_order as u64), Some(tables.k_tile_order));
             assert_eq!(rec.uploaded::<i32>(params[0].q_tile_order as u64), Some(tables.q_tile_order));
+        }
+    }
+
+    /// Class 256: the d256 kernels, one CTA per 64-column output slice the real head dim
+    /// reaches, a dQ accumulator of the class's row length.
+    #[test]
+    fn class_256_launches_one_cta_per_output_slice() {
+        let mask = Mask::causal(100, 100).unwrap();
+        for (d, slices) in [(136, 3), (200, 4), (256, 4)] {
+            let x = Array4::from_elem((1, 100, 2, d), bf16::ONE);
+            for deterministic in [false, true] {
+                let rec = Recorder::default();
+                attention_grad(&rec, x.view(), x.view(), x.view(), x.view(), &mask, None, deterministic).unwrap();
+                let l = rec.launches();
+                let main = if deterministic { "maskattn_bwd_dkdv_bf16_d256" } else { "maskattn_bwd_bf16_d256" };
+                assert_eq!(
+                    (l[2].kernel.as_str(), l[2].grid.2, l[2].smem_bytes),
+                    (main, slices, ffi::MASKATTN_BWD_SMEM_D256)
+                );
+                let p: ffi::MaskattnBwdParams = l[2].params();
+                assert_eq!((p.head_dim, p.dq_accum_cols), (d as i32, 256));
+                if deterministic {
+                    assert_eq!((l[3].kernel.as_str(), l[3].grid.2), ("maskattn_bwd_dq_bf16_d256", slices));
+                } else {
+                    assert_eq!(rec.buffer_len(p.dq_accum as u64), Some(100 * 2 * 256));
+                }
+            }
         }
     }
 
